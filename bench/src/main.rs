@@ -1,0 +1,263 @@
+//! `aiaas-load`: a streaming load generator for any OpenAI-compatible server.
+//!
+//! For each concurrency level it runs a bounded number of streaming chat completions and reports
+//! time to first token, inter-token latency, output tokens/s and p50/p99, as a markdown table
+//! (and JSON with `--json`). Loopback targets only, unless `--allow-remote`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::StreamExt;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Streaming load generator for OpenAI-compatible servers")]
+struct Args {
+    /// Base URL including /v1, e.g. http://127.0.0.1:8080/v1
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value = "unused")]
+    api_key: String,
+    /// Comma-separated concurrency levels.
+    #[arg(long, default_value = "1,2,4,8", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Requests per level (at least the concurrency).
+    #[arg(long, default_value_t = 16)]
+    requests: usize,
+    /// Output tokens per request (max_tokens; the server may stop earlier at EOS).
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Approximate prompt length in words.
+    #[arg(long, default_value_t = 32)]
+    prompt_words: usize,
+    /// Warm-up requests before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Label for the table (e.g. the server's name).
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Also print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    ttft: Duration,
+    itl: Vec<Duration>,
+    tokens: usize,
+    latency: Duration,
+}
+
+#[derive(Debug, Serialize)]
+struct LevelReport {
+    label: String,
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    output_tokens_per_s: f64,
+    ttft_p50_ms: f64,
+    ttft_p99_ms: f64,
+    itl_p50_ms: f64,
+    itl_p99_ms: f64,
+    latency_p50_ms: f64,
+    mean_output_tokens: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn prompt(words: usize, salt: usize) -> String {
+    let vocab = [
+        "the", "model", "server", "token", "stream", "fast", "river", "stone", "light", "count",
+    ];
+    let mut s = format!("Request {salt}. Continue this text: ");
+    for i in 0..words {
+        s.push_str(vocab[(i * 7 + salt) % vocab.len()]);
+        s.push(' ');
+    }
+    s
+}
+
+async fn one_request(client: &reqwest::Client, args: &Args, salt: usize) -> anyhow::Result<Sample> {
+    let body = serde_json::json!({
+        "model": args.model,
+        "messages": [{"role": "user", "content": prompt(args.prompt_words, salt)}],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let started = Instant::now();
+    let res = client
+        .post(format!("{}/chat/completions", args.url))
+        .bearer_auth(&args.api_key)
+        .json(&body)
+        .send()
+        .await?;
+    if !res.status().is_success() {
+        bail!(
+            "HTTP {}: {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        );
+    }
+    let mut sample = Sample::default();
+    let mut last: Option<Instant> = None;
+    let mut pieces = 0usize;
+    let mut buf = Vec::new();
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..pos + 2).collect();
+            let Some(data) = event.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let data = &data[..data.len() - 2];
+            if data == b"[DONE]" {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(data)?;
+            if let Some(u) = v.get("usage").and_then(|u| u.get("completion_tokens")) {
+                sample.tokens = u.as_u64().unwrap_or(0) as usize;
+            }
+            let has_content = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
+            if has_content {
+                let now = Instant::now();
+                match last {
+                    None => sample.ttft = now - started,
+                    Some(prev) => sample.itl.push(now - prev),
+                }
+                last = Some(now);
+                pieces += 1;
+            }
+        }
+    }
+    if sample.tokens == 0 {
+        sample.tokens = pieces;
+    }
+    sample.latency = started.elapsed();
+    Ok(sample)
+}
+
+async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize) -> LevelReport {
+    let total = args.requests.max(concurrency);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, args, next) = (client.clone(), args.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    break;
+                }
+                out.push(one_request(&client, &args, i).await);
+            }
+            out
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        for r in w.await.unwrap_or_default() {
+            match r {
+                Ok(s) => samples.push(s),
+                Err(e) => {
+                    errors += 1;
+                    eprintln!("request failed: {e:#}");
+                }
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let tokens: usize = samples.iter().map(|s| s.tokens).sum();
+    let mut ttft: Vec<Duration> = samples.iter().map(|s| s.ttft).collect();
+    let mut itl: Vec<Duration> = samples.iter().flat_map(|s| s.itl.iter().copied()).collect();
+    let mut latency: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    ttft.sort();
+    itl.sort();
+    latency.sort();
+    LevelReport {
+        label: args.label.clone(),
+        concurrency,
+        requests: samples.len(),
+        errors,
+        output_tokens_per_s: tokens as f64 / wall,
+        ttft_p50_ms: percentile(&ttft, 50.0),
+        ttft_p99_ms: percentile(&ttft, 99.0),
+        itl_p50_ms: percentile(&itl, 50.0),
+        itl_p99_ms: percentile(&itl, 99.0),
+        latency_p50_ms: percentile(&latency, 50.0),
+        mean_output_tokens: tokens as f64 / samples.len().max(1) as f64,
+    }
+}
+
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).context("invalid --url")?;
+    let host = parsed.host_str().unwrap_or_default();
+    let ok = host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !ok {
+        bail!("refusing non-loopback target {host} (pass --allow-remote)");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    if !args.allow_remote {
+        check_loopback(&args.url)?;
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    for i in 0..args.warmup {
+        one_request(&client, &args, 10_000 + i)
+            .await
+            .context("warm-up request")?;
+    }
+    println!("| server | conc | reqs | err | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | latency p50 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &c in &args.concurrency {
+        let r = run_level(&client, args.clone(), c).await;
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            r.label,
+            r.concurrency,
+            r.requests,
+            r.errors,
+            r.output_tokens_per_s,
+            r.ttft_p50_ms,
+            r.ttft_p99_ms,
+            r.itl_p50_ms,
+            r.itl_p99_ms,
+            r.latency_p50_ms
+        );
+        if args.json {
+            eprintln!("{}", serde_json::to_string(&r)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `Config`: defaults, then an optional TOML file, then `AIAAS__SECTION__KEY` environment
+//! variables, then command-line flags. Passed by value into `Application::build`.
+
+use std::path::Path;
+
+use aiaas_engine::{EngineConfig, ModelSpec};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: RequestLimits,
+    pub engine: EngineConfig,
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: String,
+    /// HTTP worker threads (0 = one per core).
+    pub workers: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds between SSE keep-alive comments while a stream waits.
+    pub keep_alive_secs: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+            keep_alive_secs: 10,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Limits enforced before the engine is touched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most messages in one chat request.
+    pub max_messages: usize,
+    /// Most inputs in one embeddings or completions request.
+    pub max_batch_inputs: usize,
+    /// Largest `n`.
+    pub max_n: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_messages: 1024,
+            max_batch_inputs: 256,
+            max_n: 8,
+        }
+    }
+}
+
+/// Command-line overrides (the highest-priority layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub models: Vec<ModelSpec>,
+}
+
+impl Config {
+    /// Layer the sources in order. `env` is the process environment (a parameter so tests can
+    /// pass their own).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: Overrides,
+    ) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Environment: AIAAS__SECTION__KEY=value, values parsed like figment's `Env` (numbers,
+        // booleans and arrays as themselves, anything else as a string).
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix("AIAAS__") else {
+                continue;
+            };
+            let path = path
+                .split("__")
+                .collect::<Vec<_>>()
+                .join(".")
+                .to_ascii_lowercase();
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            figment = figment.merge((path, value));
+        }
+        let mut config: Config = figment.extract().map_err(|e| e.to_string())?;
+        if let Some(bind) = overrides.bind {
+            config.server.bind = bind;
+        }
+        for spec in overrides.models {
+            config.models.retain(|m| m.id != spec.id);
+            config.models.push(spec);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.models {
+            if !seen.insert(m.id.as_str()) {
+                return Err(format!("model id `{}` is declared twice", m.id));
+            }
+        }
+        self.engine.device_choice()?;
+        if !["text", "json"].contains(&self.server.log_format.as_str()) {
+            return Err("server.log_format must be `text` or `json`".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_bind_to_localhost_8080() {
+        let c = Config::load(None, env(&[]), Overrides::default()).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:8080");
+        assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn file_then_env_then_flags_each_override_the_previous() {
+        let dir = std::env::temp_dir().join(format!("aiaas-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nbind = \"0.0.0.0:1\"\nkeep_alive_secs = 3\n[limits]\nmax_messages = 5\n\
+             [[models]]\nid = \"a\"\nsource = \"/m/a.gguf\"\nkind = \"completion\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("AIAAS__SERVER__BIND", "127.0.0.1:2"),
+                ("AIAAS__LIMITS__MAX_MESSAGES", "7"),
+                ("OTHER", "x"),
+            ]),
+            Overrides {
+                bind: Some("127.0.0.1:3".into()),
+                models: vec![ModelSpec::parse_flag("b=/m/b").unwrap()],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:3");
+        assert_eq!(c.server.keep_alive_secs, 3);
+        assert_eq!(c.limits.max_messages, 7);
+        assert_eq!(c.models.len(), 2);
+        assert_eq!(c.models[0].kind, Some(aiaas_engine::ModelKind::Completion));
+        assert_eq!(c.models[1].source, "/m/b");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::load(
+            None,
+            env(&[("AIAAS__SERVER__NOPE", "1")]),
+            Overrides::default()
+        )
+        .is_err());
+        assert!(Config::load(
+            None,
+            env(&[("AIAAS__LIMITS__MAX_MESSAGES", "many")]),
+            Overrides::default()
+        )
+        .is_err());
+        assert!(ModelSpec::parse_flag("no-equals-sign").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! `ApiError`: the one error type of `/v1`, always rendered as OpenAI's error object.
+//!
+//! Every refusal the API can make is a constructor here, and the mapping from engine errors to
+//! HTTP lives in one exhaustive `match` (`From<EngineError>`), nowhere else.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use aiaas_engine::EngineError;
+use serde::Serialize;
+
+/// An OpenAI-shaped error: `{"error":{"message","type","param","code"}}`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {kind}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// 400 for a request that is well-formed JSON but asks for something invalid.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message).with_param(param)
+    }
+
+    /// 400 for a parameter this server does not implement (never silently ignored).
+    pub fn unsupported(param: &str, detail: &str) -> Self {
+        Self::invalid(param, format!("`{param}` is not supported: {detail}"))
+            .with_code("unsupported_parameter")
+    }
+
+    /// 400 for a body that is not valid JSON or does not match the schema.
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{model}` does not exist or you do not have access to it."),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    pub fn wrong_model_kind(model: &str, endpoint: &str) -> Self {
+        Self::invalid(
+            "model",
+            format!("The model `{model}` cannot be used with {endpoint}."),
+        )
+        .with_code("model_not_supported")
+    }
+
+    pub fn route_not_found(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Unknown request URL: {method} {path}."),
+        )
+        .with_code("unknown_url")
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("Method {method} is not allowed for {path}."),
+        )
+        .with_code("method_not_allowed")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+        .with_code("request_too_large")
+    }
+
+    pub fn context_length(param: &str, message: String) -> Self {
+        Self::invalid(param, message).with_code("context_length_exceeded")
+    }
+
+    pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .with_code("server_overloaded");
+        e.retry_after_secs = Some(retry_after_secs);
+        e
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "The server had an error while processing your request.",
+        )
+        .with_code("internal_error")
+    }
+
+    /// The JSON value of the error object, as sent in bodies and in SSE error events.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(ErrorBody {
+            error: ErrorObject {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        res.json(self.body())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::ModelNotFound(model) => ApiError::model_not_found(&model),
+            EngineError::WrongKind { model, wanted } => ApiError::wrong_model_kind(&model, wanted),
+            EngineError::InvalidRequest { param, message } => ApiError::invalid(param, message),
+            EngineError::ContextLength { param, message } => {
+                ApiError::context_length(param, message)
+            }
+            EngineError::Unsupported { param, detail } => ApiError::unsupported(param, &detail),
+            EngineError::Overloaded => {
+                ApiError::overloaded("The engine is overloaded, please retry shortly.", 1)
+            }
+            EngineError::Cancelled | EngineError::Internal(_) | EngineError::Load(_) => {
+                tracing::error!(error = %err, "engine error");
+                ApiError::internal()
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! aiaas server: OpenAI-compatible `/v1` API, configuration, and start-up.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+pub mod sse;
+pub mod startup;
+pub mod state;
+
+pub use aiaas_engine as engine;
+pub use config::Config;
+pub use startup::Application;

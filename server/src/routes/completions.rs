@@ -1,0 +1,143 @@
+//! `POST /v1/completions` (legacy text completions; several prompts run concurrently).
+
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use aiaas_engine::{GenerationEvent, ModelKind, Usage};
+use futures::StreamExt;
+
+use crate::error::ApiError;
+use crate::extract::WireJson;
+use crate::openai::completions::{
+    CompletionChoice, CompletionFactory, CompletionLogprobs, CompletionRequest,
+};
+use crate::openai::shared::{new_id, system_fingerprint, unix_now};
+use crate::routes::Observed;
+use crate::sse::{self, SseEvent};
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/completions")
+            .route(web::post().to(create_completion))
+            .default_service(web::to(crate::routes::method_not_allowed)),
+    );
+}
+
+pub async fn create_completion(
+    state: web::Data<AppState>,
+    WireJson(body): WireJson<CompletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let (requests, options) = body.validate(&state.limits)?;
+    let engine = state.engine()?;
+    let model = requests[0].model.clone();
+    engine.require_kind(
+        &model,
+        &[ModelKind::Chat, ModelKind::Completion],
+        "/v1/completions",
+    )?;
+    let observed = Observed::new(&state, "/v1/completions", &model, started);
+    let n = requests[0].sampling.n;
+    let factory = CompletionFactory {
+        id: new_id("cmpl"),
+        created: unix_now(),
+        model: model.clone(),
+        fingerprint: system_fingerprint(),
+    };
+
+    if !options.stream {
+        let results =
+            futures::future::join_all(requests.into_iter().map(|r| engine.generate(r))).await;
+        let mut choices = Vec::new();
+        let mut usage = Usage::default();
+        for (p, result) in results.into_iter().enumerate() {
+            let generation = observed.track(result)?;
+            usage.prompt_tokens += generation.usage.prompt_tokens;
+            usage.completion_tokens += generation.usage.completion_tokens;
+            for c in generation.choices {
+                choices.push(CompletionChoice {
+                    index: p * n + c.index,
+                    logprobs: options.logprobs.then(|| {
+                        CompletionLogprobs::from_tokens(c.logprobs.as_deref().unwrap_or(&[]), 0)
+                    }),
+                    text: c.text,
+                    finish_reason: Some(c.finish_reason.as_str()),
+                });
+            }
+        }
+        observed.finish(200);
+        state
+            .metrics
+            .record_usage(&model, usage.prompt_tokens, usage.completion_tokens);
+        return Ok(HttpResponse::Ok().json(factory.body(choices, Some(Some(usage.into())))));
+    }
+
+    // Start every prompt's stream before the first byte, so refusals are still plain errors.
+    let prompts = requests.len();
+    let mut streams = Vec::with_capacity(prompts);
+    for request in requests {
+        let stream = observed.track(engine.generate_stream(request).await)?;
+        streams.push(stream);
+    }
+    let merged = futures::stream::select_all(
+        streams
+            .into_iter()
+            .enumerate()
+            .map(|(p, s)| s.map(move |e| (p, e)).boxed_local()),
+    );
+    let mut total = Usage::default();
+    let mut finished_prompts = 0;
+    let mut offsets = vec![0usize; prompts * n];
+    let mut first_token = true;
+    let metrics = state.metrics.clone();
+    let include_usage = options.include_usage;
+    let logprobs = options.logprobs;
+    let events = merged.filter_map(move |(p, event)| {
+        let out = match event {
+            Ok(GenerationEvent::Delta {
+                index,
+                text,
+                logprobs: lps,
+            }) => {
+                if first_token {
+                    first_token = false;
+                    observed.first_token();
+                }
+                let i = p * n + index;
+                let lp = logprobs.then(|| {
+                    CompletionLogprobs::from_tokens(lps.as_deref().unwrap_or(&[]), offsets[i])
+                });
+                offsets[i] += text.len();
+                Some(SseEvent::json(&factory.delta(i, text, lp, include_usage)))
+            }
+            Ok(GenerationEvent::ToolCalls { .. }) => None,
+            Ok(GenerationEvent::Finished { index, reason }) => Some(SseEvent::json(
+                &factory.finish(p * n + index, reason, include_usage),
+            )),
+            Ok(GenerationEvent::Usage(usage)) => {
+                total.prompt_tokens += usage.prompt_tokens;
+                total.completion_tokens += usage.completion_tokens;
+                finished_prompts += 1;
+                if finished_prompts == prompts {
+                    metrics.record_usage(
+                        &factory.model,
+                        total.prompt_tokens,
+                        total.completion_tokens,
+                    );
+                    observed.finish(200);
+                    include_usage.then(|| SseEvent::json(&factory.usage(total)))
+                } else {
+                    None
+                }
+            }
+            Err(err) => {
+                let err = ApiError::from(err);
+                observed.finish(err.status.as_u16());
+                Some(SseEvent::Error(err))
+            }
+        };
+        futures::future::ready(out)
+    });
+    Ok(sse::response(Box::pin(events), state.keep_alive))
+}

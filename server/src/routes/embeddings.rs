@@ -1,0 +1,56 @@
+//! `POST /v1/embeddings`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use aiaas_engine::ModelKind;
+
+use crate::error::ApiError;
+use crate::extract::WireJson;
+use crate::openai::embeddings::{
+    CreateEmbeddingRequest, EmbeddingData, EmbeddingList, EmbeddingUsage, EmbeddingVector,
+};
+use crate::routes::Observed;
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/embeddings")
+            .route(web::post().to(create_embeddings))
+            .default_service(web::to(crate::routes::method_not_allowed)),
+    );
+}
+
+pub async fn create_embeddings(
+    state: web::Data<AppState>,
+    WireJson(body): WireJson<CreateEmbeddingRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let (request, format, _user) = body.validate(&state.limits)?;
+    let engine = state.engine()?;
+    engine.require_kind(&request.model, &[ModelKind::Embedding], "/v1/embeddings")?;
+    let model = request.model.clone();
+    let observed = Observed::new(&state, "/v1/embeddings", &model, started);
+    let result = observed.track(engine.embed(request).await)?;
+    observed.finish(200);
+    state.metrics.record_usage(&model, result.prompt_tokens, 0);
+    let data = result
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: EmbeddingVector::encode(v, format),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(EmbeddingList {
+        object: "list",
+        data,
+        model,
+        usage: EmbeddingUsage {
+            prompt_tokens: result.prompt_tokens,
+            total_tokens: result.prompt_tokens,
+        },
+    }))
+}

@@ -1,0 +1,136 @@
+//! `Application`: binds the listener, starts the HTTP server, loads the models, and composes the
+//! route families. Tests use exactly this (`build`, `port`, `run_until_stopped`).
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpServer};
+use aiaas_engine::Engine;
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    handle: ServerHandle,
+    state: AppState,
+}
+
+impl Application {
+    /// Bind, start serving (`/health` answers at once, `/ready` once models are loaded), and load
+    /// the configured models. Returns when the models are loaded, or the load error.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(&config.server.bind)
+            .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let metrics = Metrics::new().context("metrics registry")?;
+        let state = AppState::new(
+            config.limits.clone(),
+            metrics,
+            Duration::from_secs(config.server.keep_alive_secs),
+        );
+        let server = run(listener, state.clone(), &config)?;
+        tracing::info!(address = %format!("http://{}:{port}", ip_of(&config.server.bind)), "aiaas listening");
+
+        let handle = server.handle();
+        let serving = tokio::spawn(server);
+        let started = Instant::now();
+        match Engine::load(config.engine.clone(), config.models.clone()).await {
+            Ok(engine) => {
+                tracing::info!(
+                    models = engine.models().len(),
+                    device = %engine.device_description(),
+                    seconds = started.elapsed().as_secs_f32(),
+                    "models loaded, ready"
+                );
+                state.set_engine(engine);
+            }
+            Err(err) => {
+                handle.stop(false).await;
+                let _ = serving.await;
+                return Err(anyhow::anyhow!(err).context("loading models failed"));
+            }
+        }
+        Ok(Application {
+            port,
+            serving,
+            handle,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// A handle that stops the server (gracefully with `stop(true)`).
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serve until SIGTERM / SIGINT (graceful: in-flight requests get `shutdown_timeout_secs`).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.serving.await.context("server task")??;
+        Ok(())
+    }
+}
+
+fn ip_of(bind: &str) -> &str {
+    bind.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(bind)
+}
+
+fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Result<Server> {
+    let limits = web::Data::new(state.limits.clone());
+    let data = web::Data::new(state);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(limits.clone())
+            .wrap_fn(|req, srv| {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.path().to_string();
+                let request_id = uuid::Uuid::new_v4().simple().to_string();
+                let fut = srv.call(req);
+                async move {
+                    let mut res = fut.await?;
+                    if let Ok(value) = HeaderValue::from_str(&format!("req_{request_id}")) {
+                        res.headers_mut()
+                            .insert(HeaderName::from_static("x-request-id"), value);
+                    }
+                    tracing::info!(
+                        request_id = %request_id,
+                        method = %method,
+                        path = %path,
+                        status = res.status().as_u16(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "request"
+                    );
+                    Ok(res)
+                }
+            })
+            .configure(routes::health::configure)
+            .configure(routes::models::configure)
+            .configure(routes::chat::configure)
+            .configure(routes::completions::configure)
+            .configure(routes::embeddings::configure)
+            .configure(routes::tokenize::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .listen(listener)?
+    .shutdown_timeout(config.server.shutdown_timeout_secs);
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    Ok(server.run())
+}

@@ -1,0 +1,150 @@
+"""Conformance with the official `openai` Python SDK: the shapes it parses, the exceptions it
+raises. Models are random-weight, so assertions are about structure and token counts."""
+import base64
+import json
+import math
+import signal
+import struct
+import threading
+
+import openai
+import pytest
+
+CHAT = "tiny-qwen3"
+GGUF = "tiny-llama-gguf"
+EMBED = "tiny-qwen3-embedding"
+BERT = "tiny-bert"
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say this is a test"}]
+
+
+def test_models_list_and_retrieve(client):
+    ids = {m.id for m in client.models.list()}
+    assert {CHAT, GGUF, EMBED, BERT} <= ids
+    m = client.models.retrieve(CHAT)
+    assert m.id == CHAT and m.object == "model" and m.owned_by == "aiaas"
+
+
+@pytest.mark.parametrize("model", [CHAT, GGUF])
+def test_chat_completion(client, model):
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=5, temperature=0)
+    assert r.id.startswith("chatcmpl-")
+    assert r.object == "chat.completion"
+    assert r.model == model
+    assert r.system_fingerprint
+    assert len(r.choices) == 1
+    choice = r.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= r.usage.completion_tokens <= 5
+    assert r.usage.prompt_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_stream_with_include_usage(client):
+    stream = client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, max_tokens=6, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    full = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=6, temperature=0)
+    assert text == full.choices[0].message.content
+    assert last.usage.completion_tokens == full.usage.completion_tokens
+    assert last.usage.prompt_tokens == full.usage.prompt_tokens
+
+
+def test_completions_single_and_list(client):
+    r = client.completions.create(model=CHAT, prompt="Once upon a time", max_tokens=4, temperature=0)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+    assert len(r.choices) == 1 and 1 <= r.usage.completion_tokens <= 4
+    r = client.completions.create(model=CHAT, prompt=["one", "two three"], max_tokens=3, temperature=0)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    stream = client.completions.create(model=CHAT, prompt="Hello", max_tokens=3, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("model", [EMBED, BERT])
+def test_embeddings_float_and_base64_agree(client, model):
+    floats = client.embeddings.create(model=model, input=["hello world", "the quick brown fox"])
+    assert [d.index for d in floats.data] == [0, 1]
+    vec = floats.data[0].embedding
+    assert abs(math.sqrt(sum(x * x for x in vec)) - 1.0) < 1e-3
+    assert floats.usage.prompt_tokens > 0
+    # The SDK asks for base64 by default and decodes it; decode it ourselves too.
+    raw = client.embeddings.with_raw_response.create(model=model, input="hello world", encoding_format="base64")
+    b64 = raw.http_response.json()["data"][0]["embedding"]
+    decoded = struct.unpack(f"<{len(vec)}f", base64.b64decode(b64))
+    assert max(abs(a - b) for a, b in zip(decoded, vec)) < 1e-6
+
+
+def test_embeddings_with_sdk_default_encoding(client):
+    r = client.embeddings.create(model=BERT, input="hello")
+    assert len(r.data[0].embedding) > 0
+
+
+def test_bad_request_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, temperature=5)
+    assert e.value.status_code == 400
+    assert e.value.body["param"] == "temperature"
+    assert e.value.body["type"] == "invalid_request_error"
+
+
+def test_unknown_model_raises_not_found_error(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_unsupported_parameter_is_named(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, extra_body={"guided_grammar": "x"})
+    assert e.value.body["param"] == "guided_grammar"
+
+
+def test_tool_calls_parse_as_sdk_objects(client):
+    schema = {"type": "object", "properties": {"name": {"const": "get_weather"},
+              "arguments": {"type": "object", "properties": {"city": {"const": "Paris"}}, "required": ["city"],
+                            "additionalProperties": False}},
+              "required": ["name", "arguments"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    r = client.chat.completions.create(
+        model="tiny-qwen3-tools", messages=MESSAGES, max_tokens=60, tools=tools,
+        response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": schema}},
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_sigterm_lets_the_inflight_stream_finish():
+    from conftest import start_server
+    from openai import OpenAI
+
+    proc, base = start_server()
+    client = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=40, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    threading.Timer(0.05, proc.send_signal, args=(signal.SIGTERM,)).start()
+    rest = list(stream)
+    assert rest[-1].usage is not None and rest[-1].usage.completion_tokens >= 1
+    assert proc.wait(timeout=30) == 0
+    with pytest.raises(openai.APIConnectionError):
+        client.models.list()
