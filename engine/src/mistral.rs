@@ -529,9 +529,7 @@ impl ChoiceStream {
     /// The engine stopped the sequence with an error: our own observer's stops (the model's
     /// sequence cap) become a normal finish or a context-length refusal.
     fn engine_failed(&mut self, message: String) {
-        if self.observer.capped() {
-            self.finish("length");
-        } else if self.observer.prompt_too_long() {
+        if self.observer.prompt_too_long() {
             let param = if self.is_chat { "messages" } else { "prompt" };
             self.fail(EngineError::ContextLength {
                 param,
@@ -542,6 +540,8 @@ impl ChoiceStream {
                     self.served.info.max_seq_len
                 ),
             })
+        } else if self.observer.capped() {
+            self.finish("length");
         } else {
             self.fail(EngineError::Internal(message))
         }

@@ -77,6 +77,9 @@ pub struct Observer {
     /// and generation stops (as `length`) when the sequence reaches it.
     max_seq_len: usize,
     capped: std::sync::atomic::AtomicBool,
+    /// Set once the prompt was refused: mistral.rs may sample a failed sequence again before it
+    /// retires it, and that second call must neither count a token nor look like a full sequence.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Observer {
@@ -88,6 +91,7 @@ impl Observer {
             greedy_probs,
             max_seq_len,
             capped: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -98,7 +102,7 @@ impl Observer {
 
     /// Whether the prompt was longer than the model's configured cap.
     pub fn prompt_too_long(&self) -> bool {
-        self.prompt_tokens() >= self.max_seq_len
+        self.refused.load(Ordering::Acquire)
     }
 
     pub fn prompt_tokens(&self) -> usize {
@@ -112,9 +116,14 @@ impl Observer {
 
 impl CustomLogitsProcessor for Observer {
     fn apply(&self, logits: &Tensor, context: &[u32]) -> Result<Tensor> {
+        if self.refused.load(Ordering::Acquire) {
+            return Err(candle_core::Error::Msg("prompt refused".into()));
+        }
         if self.completion_tokens.fetch_add(1, Ordering::AcqRel) == 0 {
             self.prompt_tokens.store(context.len(), Ordering::Release);
             if context.len() >= self.max_seq_len {
+                self.completion_tokens.fetch_sub(1, Ordering::AcqRel);
+                self.refused.store(true, Ordering::Release);
                 return Err(candle_core::Error::Msg(format!(
                     "prompt of {} tokens reaches the model's max_seq_len of {}",
                     context.len(),
@@ -195,6 +204,10 @@ mod tests {
         let long = Observer::new(None, false, 4);
         assert!(long.apply(&logits, &[1; 4]).is_err());
         assert!(long.prompt_too_long());
+        // The engine may sample a refused sequence once more before retiring it.
+        assert!(long.apply(&logits, &[1; 4]).is_err());
+        assert!(long.prompt_too_long() && !long.capped());
+        assert_eq!(long.completion_tokens(), 0);
     }
 
     #[test]
