@@ -1,0 +1,7 @@
+//! sea-orm entities of the control plane, one module per table (schema: `aiaas-migrations`).
+
+pub mod api_key;
+pub mod audit_log;
+pub mod jwt_key;
+pub mod tenant;
+pub mod user;

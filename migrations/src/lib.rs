@@ -1,0 +1,16 @@
+//! Database schema of aiaas: the sea-orm-migration `Migrator`, one file per schema change, each
+//! with a working `down`. Files are never edited after they land; portable across SQLite and
+//! PostgreSQL (tests always build their schema by running this `Migrator`).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_tenancy;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_tenancy::Migration)]
+    }
+}
