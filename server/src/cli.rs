@@ -1,4 +1,5 @@
-//! Command-line interface: `aiaas serve` (and future operator subcommands).
+//! Command-line interface: `aiaas serve`, `aiaas config`, `aiaas migrate` and the operator
+//! subcommands (`tenant`, `key`, `user`, `jwt-key`) that scripts drive.
 
 use std::path::PathBuf;
 
@@ -24,30 +25,218 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults < file < environment < flags) as TOML.
     Config(ServeArgs),
+    /// Apply pending database migrations (or roll back with --down).
+    Migrate(MigrateArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage console users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage the JWT verification keys tenants register.
+    #[command(subcommand, name = "jwt-key")]
+    JwtKey(JwtKeyCommand),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
     pub bind: Option<String>,
     /// A model to serve, as ID=SOURCE (GGUF file, model directory or hub repo id); repeatable.
     #[arg(long = "model", value_name = "ID=SOURCE", value_parser = ModelSpec::parse_flag)]
     pub models: Vec<ModelSpec>,
+    /// Do not run pending migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
 }
 
-impl ServeArgs {
+/// Where the configuration (and so the database) comes from; shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Database URL (overrides database.url): sqlite://PATH or postgres://...
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Roll back this many migrations instead of applying.
+    #[arg(long, value_name = "STEPS")]
+    pub down: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key; prints the key (shown once) as the last line of stdout.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// A label for people.
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated models the key may use (default: every model).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Lifetime, e.g. 30d, 12h.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Requests per minute for this key.
+        #[arg(long)]
+        rpm: Option<i64>,
+        /// Tokens per minute for this key.
+        #[arg(long)]
+        tpm: Option<i64>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a key by its id (the part after `sk-aiaas-`, before the next `-`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Mint a JWT for a key, signed by the server.
+    Token {
+        id: String,
+        /// Lifetime, e.g. 15m, 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The end user the token is for.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Comma-separated models, narrower than the key's.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a console user; the password is read from stdin (or --password-env), never argv.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// operator, tenant_admin or finance.
+        #[arg(long)]
+        role: String,
+        /// The tenant of a tenant_admin or finance user.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Read the password from this environment variable instead of stdin.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JwtKeyCommand {
+    /// Register a key that verifies JWTs signed by the tenant's own backend; prints its `kid`.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// HS256, RS256, ES256 or EdDSA.
+        #[arg(long)]
+        alg: String,
+        /// PEM file with the public key (RS256, ES256, EdDSA).
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// Environment variable holding the HS256 shared secret.
+        #[arg(long, value_name = "VAR")]
+        secret_env: Option<String>,
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        audience: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List a tenant's verification keys.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Stop accepting tokens signed with this key.
+    Disable {
+        kid: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Accept tokens signed with this key again.
+    Enable {
+        kid: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+impl DbArgs {
     pub fn load_config(&self) -> Result<Config, String> {
         Config::load(
             self.config.as_deref(),
             std::env::vars(),
             Overrides {
-                bind: self.bind.clone(),
-                models: self.models.clone(),
+                database_url: self.database_url.clone(),
+                ..Default::default()
             },
         )
+    }
+}
+
+impl ServeArgs {
+    pub fn load_config(&self) -> Result<Config, String> {
+        let mut config = Config::load(
+            self.db.config.as_deref(),
+            std::env::vars(),
+            Overrides {
+                bind: self.bind.clone(),
+                database_url: self.db.database_url.clone(),
+                models: self.models.clone(),
+            },
+        )?;
+        if self.no_migrate {
+            config.database.migrate_on_start = false;
+        }
+        Ok(config)
     }
 }

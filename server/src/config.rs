@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use aiaas_admin::auth::AuthSettings;
+use aiaas_admin::db::DatabaseSettings;
 use aiaas_engine::{EngineConfig, ModelSpec};
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -13,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: ServerConfig,
     pub limits: RequestLimits,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
     pub engine: EngineConfig,
     pub models: Vec<ModelSpec>,
 }
@@ -73,6 +77,7 @@ impl Default for RequestLimits {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub bind: Option<String>,
+    pub database_url: Option<String>,
     pub models: Vec<ModelSpec>,
 }
 
@@ -111,6 +116,9 @@ impl Config {
         if let Some(bind) = overrides.bind {
             config.server.bind = bind;
         }
+        if let Some(url) = overrides.database_url {
+            config.database.url = url;
+        }
         for spec in overrides.models {
             config.models.retain(|m| m.id != spec.id);
             config.models.push(spec);
@@ -129,6 +137,12 @@ impl Config {
         self.engine.device_choice()?;
         if !["text", "json"].contains(&self.server.log_format.as_str()) {
             return Err("server.log_format must be `text` or `json`".into());
+        }
+        if !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|scheme| self.database.url.starts_with(scheme))
+        {
+            return Err("database.url must start with sqlite:, postgres: or postgresql:".into());
         }
         Ok(())
     }
@@ -169,17 +183,22 @@ mod tests {
             env(&[
                 ("AIAAS__SERVER__BIND", "127.0.0.1:2"),
                 ("AIAAS__LIMITS__MAX_MESSAGES", "7"),
+                ("AIAAS__DATABASE__URL", "postgres://u@db:5432/aiaas"),
+                ("AIAAS__AUTH__REFRESH_INTERVAL_MS", "100"),
                 ("OTHER", "x"),
             ]),
             Overrides {
                 bind: Some("127.0.0.1:3".into()),
                 models: vec![ModelSpec::parse_flag("b=/m/b").unwrap()],
+                ..Default::default()
             },
         )
         .unwrap();
         assert_eq!(c.server.bind, "127.0.0.1:3");
         assert_eq!(c.server.keep_alive_secs, 3);
         assert_eq!(c.limits.max_messages, 7);
+        assert_eq!(c.database.url, "postgres://u@db:5432/aiaas");
+        assert_eq!(c.auth.refresh_interval_ms, 100);
         assert_eq!(c.models.len(), 2);
         assert_eq!(c.models[0].kind, Some(aiaas_engine::ModelKind::Completion));
         assert_eq!(c.models[1].source, "/m/b");

@@ -5,6 +5,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use aiaas_admin::auth::AuthError;
 use aiaas_engine::EngineError;
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     pub retry_after_secs: Option<u64>,
+    /// Send `WWW-Authenticate: Bearer` (401s).
+    pub www_authenticate: bool,
 }
 
 #[derive(Serialize)]
@@ -43,6 +46,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_secs: None,
+            www_authenticate: false,
         }
     }
 
@@ -80,6 +84,31 @@ impl ApiError {
         )
         .with_param("model")
         .with_code("model_not_found")
+    }
+
+    /// 401: no credential, or one that does not verify. Never says which, nor whether a key exists.
+    pub fn unauthorized(missing: bool) -> Self {
+        let message = if missing {
+            "You didn't provide an API key. You need to provide your API key in an Authorization \
+             header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        } else {
+            "Incorrect API key provided."
+        };
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key");
+        e.www_authenticate = true;
+        e
+    }
+
+    /// 403: the credential is good but may not use this model.
+    pub fn model_not_allowed(model: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!("Your credential is not allowed to use the model `{model}`."),
+        )
+        .with_param("model")
+        .with_code("model_not_allowed")
     }
 
     pub fn wrong_model_kind(model: &str, endpoint: &str) -> Self {
@@ -161,6 +190,9 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        if self.www_authenticate {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         res.json(self.body())
     }
 }
@@ -181,6 +213,24 @@ impl From<EngineError> for ApiError {
             EngineError::Cancelled | EngineError::Internal(_) | EngineError::Load(_) => {
                 tracing::error!(error = %err, "engine error");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Refused(reason) => {
+                tracing::debug!(reason, "credential refused");
+                ApiError::unauthorized(false)
+            }
+            AuthError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "credential store unavailable");
+                ApiError::overloaded(
+                    "Credentials cannot be checked right now, please retry shortly.",
+                    1,
+                )
             }
         }
     }

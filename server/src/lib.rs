@@ -1,6 +1,8 @@
 //! aiaas server: OpenAI-compatible `/v1` API, configuration, and start-up.
 
+pub mod auth;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -1,8 +1,9 @@
 //! The `aiaas` binary: parse the command line, load the configuration, run the library.
 
 use aiaas_server::cli::{Cli, Command};
-use aiaas_server::Application;
+use aiaas_server::{commands, Application};
 use clap::Parser;
+use secrecy::ExposeSecret;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,13 +11,23 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.load_config().map_err(anyhow::Error::msg)?;
-            init_tracing(&config.server.log_format);
+            init_tracing(
+                &config.server.log_format,
+                "info,mistralrs_core=warn,sqlx=warn",
+            );
             if config.models.is_empty() {
                 tracing::warn!(
                     "no models configured: pass --model ID=SOURCE or a [[models]] table"
                 );
             }
             let app = Application::build(config).await?;
+            if let Some(key) = app.first_key() {
+                // Shown once, on stdout (logs go to stderr and never carry it).
+                println!(
+                    "Created tenant `default` and its first API key (shown once, store it now):\n{}",
+                    key.expose_secret()
+                );
+            }
             app.run_until_stopped().await
         }
         Command::Config(args) => {
@@ -24,12 +35,32 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Migrate(args) => {
+            init_tracing("text", "warn");
+            commands::migrate(args).await
+        }
+        Command::Tenant(command) => {
+            init_tracing("text", "warn");
+            commands::tenant(command).await
+        }
+        Command::Key(command) => {
+            init_tracing("text", "warn");
+            commands::key(command).await
+        }
+        Command::User(command) => {
+            init_tracing("text", "warn");
+            commands::user(command).await
+        }
+        Command::JwtKey(command) => {
+            init_tracing("text", "warn");
+            commands::jwt_key(command).await
+        }
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIAAS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mistralrs_core=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpServer};
+use aiaas_admin::auth::Authenticator;
 use aiaas_engine::Engine;
 use anyhow::Context;
+use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -20,12 +22,44 @@ pub struct Application {
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
     handle: ServerHandle,
     state: AppState,
+    first_key: Option<SecretString>,
 }
 
 impl Application {
-    /// Bind, start serving (`/health` answers at once, `/ready` once models are loaded), and load
-    /// the configured models. Returns when the models are loaded, or the load error.
+    /// Open (and migrate) the database, load the credential cache, bind, start serving
+    /// (`/health` answers at once, `/ready` once models are loaded), and load the configured
+    /// models. Returns when the models are loaded, or the first error.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let db = aiaas_admin::db::connect(&config.database)
+            .await
+            .context("cannot open the database (database.url)")?;
+        if config.database.migrate_on_start {
+            aiaas_admin::db::migrate(&db)
+                .await
+                .context("migrating the database")?;
+        }
+        aiaas_admin::jwt_keys::ensure_platform_key(&db)
+            .await
+            .context("creating the token signing key")?;
+        let first_key = aiaas_admin::tenants::bootstrap(&db)
+            .await
+            .context("creating the default tenant")?
+            .map(|created| {
+                tracing::info!(tenant = aiaas_admin::tenants::DEFAULT_TENANT, key = %created.key.public_id,
+                    "empty database: created the default tenant and its first API key");
+                created.secret
+            });
+        let auth = if config.auth.enabled {
+            Some(
+                Authenticator::start(db.clone(), config.auth.clone())
+                    .await
+                    .context("loading API keys")?,
+            )
+        } else {
+            tracing::warn!("auth.enabled = false: /v1 accepts requests without any credential");
+            None
+        };
+
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -34,6 +68,8 @@ impl Application {
             config.limits.clone(),
             metrics,
             Duration::from_secs(config.server.keep_alive_secs),
+            db,
+            auth,
         );
         let server = run(listener, state.clone(), &config)?;
         tracing::info!(address = %format!("http://{}:{port}", ip_of(&config.server.bind)), "aiaas listening");
@@ -62,7 +98,13 @@ impl Application {
             serving,
             handle,
             state,
+            first_key,
         })
+    }
+
+    /// The API key created on the first start of an empty database (to be shown once).
+    pub fn first_key(&self) -> Option<&SecretString> {
+        self.first_key.as_ref()
     }
 
     pub fn port(&self) -> u16 {
@@ -81,6 +123,11 @@ impl Application {
     /// Serve until SIGTERM / SIGINT (graceful: in-flight requests get `shutdown_timeout_secs`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.serving.await.context("server task")??;
+        if let Some(auth) = &self.state.auth {
+            if let Err(err) = auth.flush_last_used().await {
+                tracing::warn!(error = %err, "writing last_used_at at shutdown failed");
+            }
+        }
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
-//! Shared application state: the engine (once loaded), request limits and metrics.
+//! Shared application state: the engine (once loaded), the database, the credential verifier,
+//! request limits and metrics.
 
 use std::sync::Arc;
 
+use aiaas_admin::auth::Authenticator;
 use aiaas_engine::Engine;
+use sea_orm::DatabaseConnection;
 use tokio::sync::OnceCell;
 
 use crate::config::RequestLimits;
@@ -15,15 +18,26 @@ pub struct AppState {
     pub limits: RequestLimits,
     pub metrics: Metrics,
     pub keep_alive: std::time::Duration,
+    pub db: DatabaseConnection,
+    /// `None` when authentication is switched off (`auth.enabled = false`).
+    pub auth: Option<Authenticator>,
 }
 
 impl AppState {
-    pub fn new(limits: RequestLimits, metrics: Metrics, keep_alive: std::time::Duration) -> Self {
+    pub fn new(
+        limits: RequestLimits,
+        metrics: Metrics,
+        keep_alive: std::time::Duration,
+        db: DatabaseConnection,
+        auth: Option<Authenticator>,
+    ) -> Self {
         Self {
             engine: Arc::new(OnceCell::new()),
             limits,
             metrics,
             keep_alive,
+            db,
+            auth,
         }
     }
 

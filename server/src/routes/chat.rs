@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use aiaas_engine::{GenerationEvent, ModelKind};
 use futures::StreamExt;
 
+use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
 use crate::openai::chat::{ChatChoice, ChatCompletion, ChatCompletionRequest, ChunkFactory};
@@ -23,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_chat_completion(
+    caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -30,6 +32,7 @@ pub async fn create_chat_completion(
     let (request, options) = body.validate(&state.limits)?;
     let engine = state.engine()?;
     engine.require_kind(&request.model, &[ModelKind::Chat], "/v1/chat/completions")?;
+    caller.require_model(&request.model)?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/chat/completions", &model, started);
 

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use aiaas_engine::{GenerationEvent, ModelKind, Usage};
 use futures::StreamExt;
 
+use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
 use crate::openai::completions::{
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_completion(
+    caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,6 +39,7 @@ pub async fn create_completion(
         &[ModelKind::Chat, ModelKind::Completion],
         "/v1/completions",
     )?;
+    caller.require_model(&model)?;
     let observed = Observed::new(&state, "/v1/completions", &model, started);
     let n = requests[0].sampling.n;
     let factory = CompletionFactory {

@@ -5,6 +5,7 @@ use std::time::Instant;
 use actix_web::{web, HttpResponse};
 use aiaas_engine::ModelKind;
 
+use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
 use crate::openai::embeddings::{
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_embeddings(
+    caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<CreateEmbeddingRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -29,6 +31,7 @@ pub async fn create_embeddings(
     let (request, format, _user) = body.validate(&state.limits)?;
     let engine = state.engine()?;
     engine.require_kind(&request.model, &[ModelKind::Embedding], "/v1/embeddings")?;
+    caller.require_model(&request.model)?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/embeddings", &model, started);
     let result = observed.track(engine.embed(request).await)?;

@@ -5,6 +5,7 @@ use aiaas_engine::TokenizeInput;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
 use crate::openai::chat::WireMessage;
@@ -48,6 +49,7 @@ pub struct DetokenizeRequest {
 }
 
 pub async fn tokenize(
+    caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<TokenizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -91,6 +93,9 @@ pub async fn tokenize(
         }
     };
     let engine = state.engine()?;
+    if engine.model_info(&body.model).is_some() {
+        caller.require_model(&body.model)?;
+    }
     let tokens = engine.tokenize(&body.model, input).await?;
     let max_model_len = engine.model_info(&body.model).map(|m| m.max_seq_len);
     Ok(HttpResponse::Ok().json(json!({
@@ -101,11 +106,15 @@ pub async fn tokenize(
 }
 
 pub async fn detokenize(
+    caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<DetokenizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     refuse_unknown(&body.extra, "")?;
     let engine = state.engine()?;
+    if engine.model_info(&body.model).is_some() {
+        caller.require_model(&body.model)?;
+    }
     let text = engine.detokenize(&body.model, &body.tokens).await?;
     Ok(HttpResponse::Ok().json(json!({ "prompt": text })))
 }

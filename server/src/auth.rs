@@ -1,0 +1,70 @@
+//! The `Authenticated` extractor: every `/v1` handler takes it first, so a request without a
+//! valid credential is refused (401) before its body is read. Verification is served from the
+//! `Authenticator`'s in-memory cache; only a key the cache has never seen costs a query.
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, FromRequest, HttpRequest};
+use aiaas_admin::auth::Caller;
+use futures::future::{ready, Either, LocalBoxFuture, Ready};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The verified caller of a `/v1` request.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Caller);
+
+impl Authenticated {
+    /// 403 unless the key (and the token, if any) allows `model`.
+    pub fn require_model(&self, model: &str) -> Result<(), ApiError> {
+        if self.0.may_use(model) {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_allowed(model))
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        self.0.may_use(model)
+    }
+}
+
+/// The credential of `Authorization: Bearer <credential>`, if the header has that shape.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
+}
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future =
+        Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return Either::Left(ready(Err(ApiError::internal())));
+        };
+        let Some(auth) = state.auth.clone() else {
+            return Either::Left(ready(Ok(Authenticated(Caller::anonymous()))));
+        };
+        let Some(credential) = bearer(req) else {
+            return Either::Left(ready(Err(ApiError::unauthorized(true))));
+        };
+        // The hot path: decided from memory, no allocation of a future.
+        if let Some(result) = auth.authenticate_hot(credential) {
+            return Either::Left(ready(result.map(Authenticated).map_err(ApiError::from)));
+        }
+        let credential = credential.to_string();
+        Either::Right(Box::pin(async move {
+            auth.authenticate(&credential)
+                .await
+                .map(Authenticated)
+                .map_err(ApiError::from)
+        }))
+    }
+}
