@@ -136,8 +136,9 @@ def test_sigterm_lets_the_inflight_stream_finish():
     from conftest import start_server
     from openai import OpenAI
 
-    proc, base = start_server()
-    client = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    started = start_server()
+    proc = started.proc
+    client = OpenAI(base_url=started.base + "/v1", api_key=started.key, max_retries=0)
     stream = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=40, temperature=0,
                                             stream=True, stream_options={"include_usage": True})
     first = next(iter(stream))
@@ -148,3 +149,40 @@ def test_sigterm_lets_the_inflight_stream_finish():
     assert proc.wait(timeout=30) == 0
     with pytest.raises(openai.APIConnectionError):
         client.models.list()
+
+
+def test_a_bad_key_raises_authentication_error(server):
+    from openai import OpenAI
+
+    for bad in ["sk-aiaas-aaaaaaaaaaaa-" + "A" * 43, "sk-proj-something", server.key[:-1] + "x"]:
+        client = OpenAI(base_url=server.base + "/v1", api_key=bad, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+        assert err.value.status_code == 401
+        assert err.value.code == "invalid_api_key"
+
+
+def test_a_minted_jwt_works_as_the_api_key(server):
+    from conftest import aiaas
+    from openai import OpenAI
+
+    key_id = server.key.split("-")[2]
+    token = aiaas("key", "token", key_id, "--ttl", "10m", "--sub", "pytest-user",
+                  database_url=server.database_url)
+    client = OpenAI(base_url=server.base + "/v1", api_key=token, max_retries=0)
+    out = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2, temperature=0)
+    assert out.usage.completion_tokens >= 1
+    assert [m.id for m in client.models.list()]
+
+
+def test_a_key_limited_to_other_models_raises_permission_denied(server):
+    from conftest import aiaas
+    from openai import OpenAI
+
+    key = aiaas("key", "create", "--tenant", "default", "--models", BERT, database_url=server.database_url)
+    client = OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0)
+    assert [m.id for m in client.models.list()] == [BERT]
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
+    assert err.value.code == "model_not_allowed"
+    assert len(client.embeddings.create(model=BERT, input="hello").data) == 1

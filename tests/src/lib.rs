@@ -1,5 +1,6 @@
-//! Test harness: tiny model fixtures (generated once, cached) and `spawn_app`, which starts the
-//! real server on 127.0.0.1:0 with real models and returns a client for it.
+//! Test harness: tiny model fixtures (generated once, cached), fresh databases (a SQLite file, or
+//! a PostgreSQL database when `TEST_DATABASE_URL` is set), and `spawn_app`, which starts the real
+//! server on 127.0.0.1:0 with real models and returns a client that carries an API key.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use aiaas_server::config::Config;
 use aiaas_server::engine::{ModelKind, ModelSpec};
 use aiaas_server::Application;
+use secrecy::ExposeSecret;
 
 /// Ids of the models every shared test server serves.
 pub const CHAT: &str = "tiny-qwen3";
@@ -27,6 +29,25 @@ fn workspace_root() -> PathBuf {
 
 /// The directory of generated tiny models: `AIAAS_TEST_MODELS` if set (the test script sets it),
 /// else generated into the cache with the project's own generator.
+/// A JWT signing key of `tests/fixtures/jwt` (test-only keys), as PEM text.
+pub fn jwt_fixture(name: &str) -> String {
+    let path = workspace_root().join("tests/fixtures/jwt").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `aiaas` binary next to this test binary (built by `cargo build --workspace`).
+pub fn aiaas_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("AIAAS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    dir.join(format!("aiaas{}", std::env::consts::EXE_SUFFIX))
+}
+
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -81,7 +102,15 @@ pub fn standard_models() -> Vec<ModelSpec> {
 
 /// A configuration for a test server: port 0, the given models.
 pub fn test_config(models: Vec<ModelSpec>) -> Config {
+    test_config_on(models, &TestDb::Sqlite.fresh_url())
+}
+
+/// A test configuration on a given database (see `TestDb::fresh_url`).
+pub fn test_config_on(models: Vec<ModelSpec>, database_url: &str) -> Config {
     let mut config = Config::default();
+    config.database.url = database_url.to_string();
+    config.database.max_connections = 4;
+    config.auth.refresh_interval_ms = 100;
     config.server.bind = "127.0.0.1:0".into();
     config.server.workers = 2;
     config.server.shutdown_timeout_secs = 10;
@@ -89,9 +118,14 @@ pub fn test_config(models: Vec<ModelSpec>) -> Config {
     config
 }
 
+#[derive(Clone)]
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    /// The bearer credential every request carries (`None`: no Authorization header).
+    pub key: Option<String>,
+    /// The database the server uses, for tests that arrange data through the control plane.
+    pub database_url: String,
 }
 
 impl TestApp {
@@ -99,13 +133,44 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The same server, called with another credential (or none).
+    pub fn with_key(&self, key: Option<&str>) -> TestApp {
+        TestApp {
+            key: key.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
+    /// A request to `path` carrying this app's credential.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.authorize(self.client.request(method, self.url(path)))
+    }
+
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
+        self.authorize(self.client.post(self.url(path)))
             .json(body)
             .send()
             .await
             .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.authorize(self.client.get(self.url(path)))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A connection to the server's database.
+    pub async fn db(&self) -> sea_orm::DatabaseConnection {
+        connect(&self.database_url).await
     }
 
     pub async fn post_json(
@@ -120,12 +185,7 @@ impl TestApp {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let res = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent");
+        let res = self.get(path).await;
         let status = res.status().as_u16();
         (status, res.json().await.expect("JSON body"))
     }
@@ -155,8 +215,8 @@ fn client() -> reqwest::Client {
 /// The shared server with the standard models, started once per test binary on its own runtime
 /// thread (so it outlives each test's runtime).
 pub fn spawn_app() -> TestApp {
-    static ADDRESS: OnceLock<String> = OnceLock::new();
-    let address = ADDRESS.get_or_init(|| {
+    static SHARED: OnceLock<(String, String, String)> = OnceLock::new();
+    let (address, key, database_url) = SHARED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -165,10 +225,16 @@ pub fn spawn_app() -> TestApp {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let app = Application::build(test_config(standard_models()))
+                let db = TestDb::default_backend().fresh_url();
+                let app = Application::build(test_config_on(standard_models(), &db))
                     .await
                     .expect("test server starts");
-                tx.send(format!("http://127.0.0.1:{}", app.port()))
+                let key = app
+                    .first_key()
+                    .expect("a fresh database gets a first key")
+                    .expose_secret()
+                    .to_string();
+                tx.send((format!("http://127.0.0.1:{}", app.port()), key, db))
                     .expect("send address");
                 app.run_until_stopped().await.expect("server runs");
             });
@@ -179,17 +245,184 @@ pub fn spawn_app() -> TestApp {
     TestApp {
         address: address.clone(),
         client: client(),
+        key: Some(key.clone()),
+        database_url: database_url.clone(),
     }
 }
 
-/// A server of its own (custom limits or models), living on the calling test's runtime.
+/// Start a server of its own (in the calling test's runtime) with `config`.
 pub async fn spawn_custom(config: Config) -> (TestApp, aiaas_server::Application) {
+    let database_url = config.database.url.clone();
     let app = Application::build(config)
         .await
         .expect("custom server starts");
     let test = TestApp {
         address: format!("http://127.0.0.1:{}", app.port()),
         client: client(),
+        key: app.first_key().map(|k| k.expose_secret().to_string()),
+        database_url,
     };
     (test, app)
+}
+
+/// The databases a test can run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDb {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDb {
+    /// SQLite always; PostgreSQL too when `TEST_DATABASE_URL` is set.
+    pub fn all() -> Vec<TestDb> {
+        let mut all = vec![TestDb::Sqlite];
+        if postgres_admin_url().is_some() {
+            all.push(TestDb::Postgres);
+        }
+        all
+    }
+
+    /// PostgreSQL when `TEST_DATABASE_URL` is set, else SQLite.
+    pub fn default_backend() -> TestDb {
+        if postgres_admin_url().is_some() {
+            TestDb::Postgres
+        } else {
+            TestDb::Sqlite
+        }
+    }
+
+    /// The URL of a new, empty database (not migrated: the server or the test migrates it).
+    pub fn fresh_url(self) -> String {
+        match self {
+            TestDb::Sqlite => {
+                let path = scratch_dir().join(format!("{}.db", uuid::Uuid::new_v4().simple()));
+                format!("sqlite://{}", path.display())
+            }
+            TestDb::Postgres => {
+                drop_old_postgres_databases();
+                let admin = postgres_admin_url().expect("TEST_DATABASE_URL is set");
+                let name = format!("aiaas_test_{}", uuid::Uuid::new_v4().simple());
+                let statement = format!("CREATE DATABASE \"{name}\"");
+                let url = with_database_name(&admin, &name);
+                run_blocking(async move {
+                    use sea_orm::ConnectionTrait;
+                    let conn = sea_orm::Database::connect(admin.as_str())
+                        .await
+                        .expect("TEST_DATABASE_URL reachable");
+                    conn.execute_unprepared(&statement)
+                        .await
+                        .expect("create test database");
+                    conn.close().await.ok();
+                });
+                url
+            }
+        }
+    }
+}
+
+/// Once per test process: drop the databases earlier runs created.
+fn drop_old_postgres_databases() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Some(admin) = postgres_admin_url() else {
+            return;
+        };
+        run_blocking(async move {
+            use sea_orm::{ConnectionTrait, Statement};
+            let conn = sea_orm::Database::connect(admin.as_str())
+                .await
+                .expect("TEST_DATABASE_URL reachable");
+            let rows = conn
+                .query_all(Statement::from_string(
+                    conn.get_database_backend(),
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'aiaas_test_%'",
+                ))
+                .await
+                .unwrap_or_default();
+            for row in rows {
+                if let Ok(name) = row.try_get::<String>("", "datname") {
+                    let _ = conn
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                }
+            }
+            conn.close().await.ok();
+        });
+    });
+}
+
+fn postgres_admin_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+}
+
+/// `postgres://user@host:port/db?x` with `db` replaced.
+fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Run a future to completion on a runtime of its own (callable from sync and async code).
+fn run_blocking<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(fut)
+    })
+    .join()
+    .expect("blocking task");
+}
+
+/// A directory for this test process's SQLite files; earlier runs' directories are removed.
+fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join("aiaas-test-db");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    })
+}
+
+/// Connect to a test database.
+pub async fn connect(url: &str) -> sea_orm::DatabaseConnection {
+    let settings = aiaas_admin::db::DatabaseSettings {
+        url: url.to_string(),
+        max_connections: 2,
+        min_connections: 0,
+        ..Default::default()
+    };
+    aiaas_admin::db::connect(&settings)
+        .await
+        .expect("test database reachable")
+}
+
+/// A fresh, migrated database of the given kind, and a connection to it.
+pub async fn fresh_migrated(db: TestDb) -> (String, sea_orm::DatabaseConnection) {
+    let url = db.fresh_url();
+    let conn = connect(&url).await;
+    aiaas_admin::db::migrate(&conn)
+        .await
+        .expect("migrations apply");
+    (url, conn)
 }

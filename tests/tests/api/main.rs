@@ -2,6 +2,8 @@
 //! Black-box tests of the HTTP API: the real server, real mistral.rs and candle models (tiny,
 //! generated), real HTTP. Random weights: assert structure and counts, never wording.
 
+mod auth;
+
 use aiaas_tests::*;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -559,7 +561,7 @@ async fn eight_concurrent_streams_all_complete_with_correct_usage() {
     let app = spawn_app();
     let tasks: Vec<_> = (0..8)
         .map(|i| {
-            let app = TestApp { address: app.address.clone(), client: app.client.clone() };
+            let app = app.clone();
             tokio::spawn(async move {
                 let body = json!({"model": CHAT, "stream": true, "max_tokens": 5 + i, "temperature": 0,
                     "stream_options": {"include_usage": true},
@@ -937,8 +939,7 @@ async fn error_of(
     body: Option<&str>,
 ) -> (u16, Value) {
     let mut req = app
-        .client
-        .request(method, app.url(path))
+        .request(method, path)
         .header("content-type", "application/json");
     if let Some(b) = body {
         req = req.body(b.to_string());
