@@ -21,7 +21,7 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 [ -f "$MODEL" ] || scripts/fetch-demo-models.sh
 
-cargo build -q -p aiaas-server -p aiaas-bench
+cargo build -q --workspace --all-targets --locked
 AIAAS=$CARGO_TARGET_DIR/debug/aiaas
 LOAD=$CARGO_TARGET_DIR/debug/aiaas-load
 
@@ -34,18 +34,21 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-run_load() { # label url model
-  "$LOAD" --url "$2" --model "$3" --label "$1" --concurrency "$CONCURRENCY" \
+run_load() { # label url model [api key]
+  "$LOAD" --url "$2" --model "$3" --label "$1" --api-key "${4:-unused}" --concurrency "$CONCURRENCY" \
     --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --warmup 2 --json 2>>"$OUT/raw.jsonl"
 }
 
 : >"$OUT/raw.jsonl"
 {
   echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) cores, model $(basename "$MODEL"), max_tokens $MAX_TOKENS, $REQUESTS requests per level"
-  "$AIAAS" serve --bind 127.0.0.1:18181 --model bench="$MODEL" >"$OUT/aiaas.log" 2>&1 &
+  DB=$(mktemp -d)/aiaas.db
+  "$AIAAS" serve --bind 127.0.0.1:18181 --model bench="$MODEL" --database-url "sqlite://$DB" \
+    >"$OUT/aiaas.out" 2>"$OUT/aiaas.log" &
   pids+=($!)
   wait_ready http://127.0.0.1:18181/ready
-  run_load aiaas http://127.0.0.1:18181/v1 bench
+  KEY=$(grep -m1 '^sk-aiaas-' "$OUT/aiaas.out")
+  run_load aiaas http://127.0.0.1:18181/v1 bench "$KEY"
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
   if [ "$PEER" = mistralrs ] && [ -x "$PEER_BIN" ]; then

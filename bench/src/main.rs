@@ -62,6 +62,7 @@ struct LevelReport {
     concurrency: usize,
     requests: usize,
     errors: usize,
+    requests_per_s: f64,
     output_tokens_per_s: f64,
     ttft_p50_ms: f64,
     ttft_p99_ms: f64,
@@ -200,6 +201,7 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
         concurrency,
         requests: samples.len(),
         errors,
+        requests_per_s: samples.len() as f64 / wall,
         output_tokens_per_s: tokens as f64 / wall,
         ttft_p50_ms: percentile(&ttft, 50.0),
         ttft_p99_ms: percentile(&ttft, 99.0),
@@ -238,16 +240,17 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("warm-up request")?;
     }
-    println!("| server | conc | reqs | err | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | latency p50 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| server | conc | reqs | err | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | latency p50 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.concurrency {
         let r = run_level(&client, args.clone(), c).await;
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
             r.label,
             r.concurrency,
             r.requests,
             r.errors,
+            r.requests_per_s,
             r.output_tokens_per_s,
             r.ttft_p50_ms,
             r.ttft_p99_ms,
