@@ -32,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config(args) => {
             let config = args.load_config().map_err(anyhow::Error::msg)?;
-            println!("{}", toml::to_string_pretty(&config)?);
+            let mut shown = config.clone();
+            shown.database.url = redact_password(&shown.database.url);
+            println!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Migrate(args) => {
@@ -68,5 +70,44 @@ fn init_tracing(format: &str, default_filter: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced, for display.
+fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/aiaas"),
+            "postgres://app:***@db:5432/aiaas"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/aiaas"),
+            "postgres://app@db/aiaas"
+        );
+        assert_eq!(redact_password("sqlite://aiaas.db"), "sqlite://aiaas.db");
     }
 }
