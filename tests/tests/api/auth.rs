@@ -140,25 +140,27 @@ async fn first_start_creates_the_default_tenant_and_one_working_key() {
 
 #[tokio::test]
 async fn keys_are_stored_as_a_public_id_and_a_sha256_only() {
-    let (_, conn) = fresh_migrated(TestDb::default_backend()).await;
-    let (_, key) = tenant_with_key(&conn, None).await;
-    let parsed = keys::parse_key(&key).unwrap();
-    let row = keys::find_key(&conn, parsed.public_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        row.secret_hash,
-        keys::hex(&keys::hash_secret(parsed.secret))
-    );
-    assert!(key.starts_with(row.prefix.trim_end_matches('…')));
-    let stored = format!("{row:?}");
-    assert!(
-        !stored.contains(parsed.secret),
-        "the secret is stored: {stored}"
-    );
-    // 32 random bytes, URL-safe.
-    assert_eq!(parsed.secret.len(), 43);
+    for db in TestDb::all() {
+        let (_, conn) = fresh_migrated(db).await;
+        let (_, key) = tenant_with_key(&conn, None).await;
+        let parsed = keys::parse_key(&key).unwrap();
+        let row = keys::find_key(&conn, parsed.public_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.secret_hash,
+            keys::hex(&keys::hash_secret(parsed.secret))
+        );
+        assert!(key.starts_with(row.prefix.trim_end_matches('…')));
+        let stored = format!("{row:?}");
+        assert!(
+            !stored.contains(parsed.secret),
+            "{db:?}: the secret is stored: {stored}"
+        );
+        // 32 random bytes, URL-safe.
+        assert_eq!(parsed.secret.len(), 43);
+    }
 }
 
 // ---------- refusals ----------
@@ -448,85 +450,86 @@ async fn new_and_revoked_keys_reach_every_server_sharing_the_database() {
 
 #[tokio::test]
 async fn an_expired_key_and_its_tokens_are_refused() {
-    let (app, _server) = server_on(TestDb::default_backend()).await;
-    let conn = app.db().await;
-    let (_, key) = tenant_with_key(&conn, None).await;
-    let token = jwt_keys::mint_key_token(
-        &conn,
-        Scope::Platform,
-        public_id(&key),
-        chrono::Duration::hours(1),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(status_of(&app, Some(&key)).await, 200);
-    assert_eq!(status_of(&app, Some(&token)).await, 200);
-    // Expire it (as time would): the row says so, and the cache picks it up.
-    let row = keys::find_key(&conn, public_id(&key))
+    for db in TestDb::all() {
+        let (app, _server) = server_on(db).await;
+        let conn = app.db().await;
+        let (_, key) = tenant_with_key(&conn, None).await;
+        let token = jwt_keys::mint_key_token(
+            &conn,
+            Scope::Platform,
+            public_id(&key),
+            chrono::Duration::hours(1),
+            None,
+            None,
+        )
         .await
-        .unwrap()
         .unwrap();
-    let mut active = row.into_active_model();
-    active.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
-    active.updated_at = Set(Utc::now());
-    active.update(&conn).await.unwrap();
-    within(Duration::from_secs(5), || async {
-        status_of(&app, Some(&key)).await == 401
-    })
-    .await;
-    assert_eq!(status_of(&app, Some(&token)).await, 401);
-    // Creating a key that is already expired is refused.
-    let tenant = keys::find_key(&conn, public_id(&key))
-        .await
-        .unwrap()
-        .unwrap()
-        .tenant_id;
-    let err = keys::insert_key(
-        &conn,
-        keys::NewKey {
-            tenant_id: tenant,
-            expires_at: Some(Utc::now() - chrono::Duration::days(1)),
-            ..Default::default()
-        },
-        &Actor::cli(),
-    )
-    .await;
-    assert!(err.is_err());
+        assert_eq!(status_of(&app, Some(&key)).await, 200, "{db:?}");
+        assert_eq!(status_of(&app, Some(&token)).await, 200, "{db:?}");
+        // Expire it (as time would): the row says so, and the cache picks it up.
+        let row = keys::find_key(&conn, public_id(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut active = row.into_active_model();
+        active.expires_at = Set(Some(Utc::now() - chrono::Duration::seconds(1)));
+        active.updated_at = Set(Utc::now());
+        active.update(&conn).await.unwrap();
+        within(Duration::from_secs(5), || async {
+            status_of(&app, Some(&key)).await == 401
+        })
+        .await;
+        assert_eq!(status_of(&app, Some(&token)).await, 401);
+        // Creating a key that is already expired is refused.
+        let tenant = keys::find_key(&conn, public_id(&key))
+            .await
+            .unwrap()
+            .unwrap()
+            .tenant_id;
+        let err = keys::insert_key(
+            &conn,
+            keys::NewKey {
+                tenant_id: tenant,
+                expires_at: Some(Utc::now() - chrono::Duration::days(1)),
+                ..Default::default()
+            },
+            &Actor::cli(),
+        )
+        .await;
+        assert!(err.is_err());
+    }
 }
 
 #[tokio::test]
 async fn last_used_at_is_coalesced_and_written_at_shutdown() {
-    let mut config = test_config_on(
-        vec![standard_models().remove(0)],
-        &TestDb::default_backend().fresh_url(),
-    );
-    config.auth.last_used_flush_secs = 3600;
-    let (app, server) = spawn_custom(config).await;
-    let key = app.key.clone().unwrap();
-    for _ in 0..5 {
-        assert_eq!(app.get("/v1/models").await.status(), 200);
+    for db in TestDb::all() {
+        let mut config = test_config_on(vec![standard_models().remove(0)], &db.fresh_url());
+        config.auth.last_used_flush_secs = 3600;
+        let (app, server) = spawn_custom(config).await;
+        let key = app.key.clone().unwrap();
+        for _ in 0..5 {
+            assert_eq!(app.get("/v1/models").await.status(), 200);
+        }
+        let conn = app.db().await;
+        let row = keys::find_key(&conn, public_id(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.last_used_at, None, "{db:?}: no write per request");
+        let before = row.updated_at;
+        server.handle().stop(true).await;
+        server.run_until_stopped().await.unwrap();
+        let row = keys::find_key(&conn, public_id(&key))
+            .await
+            .unwrap()
+            .unwrap();
+        let used = row.last_used_at.expect("written at shutdown");
+        assert!(used <= Utc::now() && used > Utc::now() - chrono::Duration::minutes(5));
+        assert_eq!(
+            row.updated_at, before,
+            "last use is not a change the caches re-read"
+        );
     }
-    let conn = app.db().await;
-    let row = keys::find_key(&conn, public_id(&key))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.last_used_at, None, "no write per request");
-    let before = row.updated_at;
-    server.handle().stop(true).await;
-    server.run_until_stopped().await.unwrap();
-    let row = keys::find_key(&conn, public_id(&key))
-        .await
-        .unwrap()
-        .unwrap();
-    let used = row.last_used_at.expect("written at shutdown");
-    assert!(used <= Utc::now() && used > Utc::now() - chrono::Duration::minutes(5));
-    assert_eq!(
-        row.updated_at, before,
-        "last use is not a change the caches re-read"
-    );
 }
 
 // ---------- JWT ----------
