@@ -215,6 +215,8 @@ struct VerifiedToken {
 }
 
 const TOKEN_CACHE_MAX: usize = 50_000;
+const UNKNOWN_MAX: usize = 10_000;
+const UNKNOWN_TTL: Duration = Duration::from_secs(1);
 /// Rows changed this long before the newest change seen are read again, so a writer whose
 /// transaction committed late (or whose clock lags) is not missed.
 const REREAD_WINDOW: chrono::Duration = chrono::Duration::seconds(10);
@@ -229,6 +231,9 @@ struct Inner {
     tokens: RwLock<HashMap<String, Arc<VerifiedToken>>>,
     touched: Mutex<HashMap<i64, DateTime<Utc>>>,
     marks: Mutex<Marks>,
+    /// Public ids the database did not know, and when it was asked: a burst of requests with the
+    /// same made-up key costs one query per `UNKNOWN_TTL`, not one per request.
+    unknown: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -270,6 +275,7 @@ impl Authenticator {
                 tokens: RwLock::default(),
                 touched: Mutex::default(),
                 marks: Mutex::default(),
+                unknown: Mutex::default(),
             }),
         };
         auth.refresh().await?;
@@ -287,6 +293,9 @@ impl Authenticator {
             match self.authenticate_cached(bearer) {
                 Lookup::Done(result) => return result,
                 Lookup::MissKey(public_id) => {
+                    if self.inner.recently_unknown(&public_id) {
+                        return Err(AuthError::Refused("unknown key"));
+                    }
                     let row = keys::find_key(&self.inner.db, &public_id)
                         .await
                         .map_err(|e| AuthError::Unavailable(into_db_err(e)))?;
@@ -294,7 +303,10 @@ impl Authenticator {
                         Some(row) => {
                             self.inner.put_key(&row);
                         }
-                        None => return Err(AuthError::Refused("unknown key")),
+                        None => {
+                            self.inner.remember_unknown(public_id);
+                            return Err(AuthError::Refused("unknown key"));
+                        }
                     }
                 }
                 Lookup::MissJwtKey(kid) => {
@@ -483,6 +495,23 @@ fn caller_for_key(
 }
 
 impl Inner {
+    fn recently_unknown(&self, public_id: &str) -> bool {
+        lock(&self.unknown)
+            .get(public_id)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+    }
+
+    fn remember_unknown(&self, public_id: String) {
+        let mut unknown = lock(&self.unknown);
+        if unknown.len() >= UNKNOWN_MAX {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_TTL);
+            if unknown.len() >= UNKNOWN_MAX {
+                unknown.clear();
+            }
+        }
+        unknown.insert(public_id, Instant::now());
+    }
+
     fn touch(&self, key_id: i64, now: DateTime<Utc>) {
         lock(&self.touched).insert(key_id, now);
     }

@@ -5,10 +5,11 @@
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpRequest};
-use aiaas_admin::auth::Caller;
+use aiaas_admin::auth::{AuthError, Caller};
 use futures::future::{ready, Either, LocalBoxFuture, Ready};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// The verified caller of a `/v1` request.
@@ -53,18 +54,31 @@ impl FromRequest for Authenticated {
             return Either::Left(ready(Ok(Authenticated(Caller::anonymous()))));
         };
         let Some(credential) = bearer(req) else {
+            state
+                .metrics
+                .auth_refusals
+                .with_label_values(&["missing credential"])
+                .inc();
             return Either::Left(ready(Err(ApiError::unauthorized(true))));
         };
         // The hot path: decided from memory, no allocation of a future.
         if let Some(result) = auth.authenticate_hot(credential) {
-            return Either::Left(ready(result.map(Authenticated).map_err(ApiError::from)));
+            return Either::Left(ready(outcome(result, &state.metrics)));
         }
         let credential = credential.to_string();
+        let metrics = state.metrics.clone();
         Either::Right(Box::pin(async move {
-            auth.authenticate(&credential)
-                .await
-                .map(Authenticated)
-                .map_err(ApiError::from)
+            outcome(auth.authenticate(&credential).await, &metrics)
         }))
     }
+}
+
+fn outcome(
+    result: Result<Caller, AuthError>,
+    metrics: &Metrics,
+) -> Result<Authenticated, ApiError> {
+    if let Err(AuthError::Refused(reason)) = &result {
+        metrics.auth_refusals.with_label_values(&[reason]).inc();
+    }
+    result.map(Authenticated).map_err(ApiError::from)
 }

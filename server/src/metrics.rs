@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by route / model / status, latency and time-to-first-token
-//! histograms, tokens in and out, queue depth and running sequences.
+//! histograms, tokens in and out, queue depth, running sequences, refused credentials.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -14,6 +14,7 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub running: IntGaugeVec,
+    pub auth_refusals: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,6 +65,14 @@ impl Metrics {
             Opts::new("running_sequences", "Sequences being generated, per model."),
             &["model"],
         )?;
+        let auth_refusals = IntCounterVec::new(
+            Opts::new(
+                "auth_refusals_total",
+                "Requests refused with 401, by reason (never shown to the client).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_refusals.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -78,6 +87,7 @@ impl Metrics {
             tokens,
             queue_depth,
             running,
+            auth_refusals,
         })
     }
 

@@ -231,6 +231,19 @@ async fn bad_credentials_are_refused_alike_without_saying_why() {
         .unwrap();
     assert_eq!(basic.status(), 401);
     let missing: Value = basic.json().await.unwrap();
+    // The reason is counted for operators, never told to the client.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for reason in [
+        "wrong secret",
+        "unknown key",
+        "malformed key",
+        "missing credential",
+    ] {
+        assert!(
+            metrics.contains(&format!("aiaas_auth_refusals_total{{reason=\"{reason}\"}}")),
+            "{reason} not counted"
+        );
+    }
     insta::assert_json_snapshot!(
         "auth_refusals",
         json!({"bad_key": bodies[0], "no_key": missing})
