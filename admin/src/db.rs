@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use aiaas_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
 
 /// `[database]` in the configuration.
@@ -57,7 +60,18 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     Database::connect(options).await
 }
 
-/// Apply every pending migration.
+/// Arbitrary but fixed: the PostgreSQL advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x6169_6161_735f_6d67; // "aiaas_mg"
+
+/// Apply every pending migration. On PostgreSQL, replicas starting together on one database take
+/// turns (a transaction-scoped advisory lock): the first applies, the others find nothing pending.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }

@@ -110,6 +110,30 @@ async fn migrations_apply_and_roll_back_on_every_backend() {
 }
 
 #[tokio::test]
+async fn replicas_migrating_one_database_at_once_all_succeed() {
+    use aiaas_migrations::{Migrator, MigratorTrait};
+    for db in TestDb::all().into_iter().filter(|d| *d == TestDb::Postgres) {
+        let url = db.fresh_url();
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            replicas.push(tokio::spawn(async move {
+                let conn = connect(&url).await;
+                aiaas_admin::db::migrate(&conn).await
+            }));
+        }
+        for replica in replicas {
+            replica.await.unwrap().unwrap();
+        }
+        let conn = connect(&url).await;
+        assert!(Migrator::get_pending_migrations(&conn)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
 async fn first_start_creates_the_default_tenant_and_one_working_key() {
     for db in TestDb::all() {
         let url = db.fresh_url();
