@@ -106,12 +106,6 @@ pub enum KeyCommand {
         /// Lifetime, e.g. 30d, 12h.
         #[arg(long)]
         expires: Option<String>,
-        /// Requests per minute for this key.
-        #[arg(long)]
-        rpm: Option<i64>,
-        /// Tokens per minute for this key.
-        #[arg(long)]
-        tpm: Option<i64>,
         #[command(flatten)]
         db: DbArgs,
     },

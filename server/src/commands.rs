@@ -75,8 +75,6 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
             name,
             models,
             expires,
-            rpm,
-            tpm,
             db,
         } => {
             let conn = open(&db).await?;
@@ -91,9 +89,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                     name,
                     models,
                     expires_at,
-                    created_by: None,
-                    rpm_limit: rpm,
-                    tpm_limit: tpm,
+                    ..Default::default()
                 },
                 &Actor::cli(),
             )
