@@ -11,7 +11,7 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    Set,
+    QueryOrder, Set,
 };
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -147,6 +147,7 @@ async fn first_start_creates_the_default_tenant_and_one_working_key() {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].name, "default");
         let actions: Vec<String> = audit_log::Entity::find()
+            .order_by_asc(audit_log::Column::Id)
             .all(&conn)
             .await
             .unwrap()
