@@ -50,7 +50,7 @@ impl FromRequest for Authenticated {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return Either::Left(ready(Err(ApiError::internal())));
         };
-        let Some(auth) = state.auth.clone() else {
+        let Some(auth) = state.auth.as_ref() else {
             return Either::Left(ready(Ok(Authenticated(Caller::anonymous()))));
         };
         let Some(credential) = bearer(req) else {
@@ -65,7 +65,7 @@ impl FromRequest for Authenticated {
         if let Some(result) = auth.authenticate_hot(credential) {
             return Either::Left(ready(outcome(result, &state.metrics)));
         }
-        let credential = credential.to_string();
+        let (auth, credential) = (auth.clone(), credential.to_string());
         let metrics = state.metrics.clone();
         Either::Right(Box::pin(async move {
             outcome(auth.authenticate(&credential).await, &metrics)
