@@ -2,8 +2,6 @@
 //! service and prints a plain result that scripts can parse (tab-separated rows; a created key
 //! or token alone on the last line).
 
-use std::io::Read;
-
 use aiaas_admin::audit::Actor;
 use aiaas_admin::{jwt_keys, keys, tenants, users, Scope};
 use anyhow::{bail, Context};
@@ -154,9 +152,10 @@ pub async fn user(command: UserCommand) -> anyhow::Result<()> {
             std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?
         }
         None => {
+            // One line: `printf '%s\n' "$PW" | aiaas user create ...`, or typed and Enter.
             let mut line = String::new();
             std::io::stdin()
-                .read_to_string(&mut line)
+                .read_line(&mut line)
                 .context("reading the password from stdin")?;
             line.trim_end_matches(['\r', '\n']).to_string()
         }
