@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use crate::entity::{api_key, jwt_key};
 use crate::jwt_keys::{decoding_key, Claims};
 use crate::keys::{self, parse_hex32, parse_key};
+use crate::limits::Limits;
 
 /// `[auth]` in the configuration.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -74,8 +75,8 @@ pub struct Caller {
     pub key_models: Option<Arc<[String]>>,
     /// A token's narrower list (`None`: no narrowing).
     pub token_models: Option<Arc<[String]>>,
-    pub rpm_limit: Option<i64>,
-    pub tpm_limit: Option<i64>,
+    /// The key's own rate limits (the tenant's come from the policy cache).
+    pub key_limits: Limits,
 }
 
 impl Caller {
@@ -88,8 +89,7 @@ impl Caller {
             credential: Credential::Anonymous,
             key_models: None,
             token_models: None,
-            rpm_limit: None,
-            tpm_limit: None,
+            key_limits: Limits::default(),
         }
     }
 
@@ -121,8 +121,7 @@ struct CachedKey {
     models: Option<Arc<[String]>>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
-    rpm_limit: Option<i64>,
-    tpm_limit: Option<i64>,
+    limits: Limits,
     updated_at: DateTime<Utc>,
 }
 
@@ -137,8 +136,7 @@ impl CachedKey {
             models: keys::allowed_models(row).map(Arc::from),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
-            rpm_limit: row.rpm_limit,
-            tpm_limit: row.tpm_limit,
+            limits: Limits::from_key(row),
             updated_at: row.updated_at,
         }
     }
@@ -437,8 +435,7 @@ impl Authenticator {
                 credential: Credential::TenantToken { kid },
                 key_models: None,
                 token_models,
-                rpm_limit: None,
-                tpm_limit: None,
+                key_limits: Limits::default(),
             },
         };
         if let Some(exp) = claims.exp {
@@ -489,8 +486,7 @@ fn caller_for_key(
         credential,
         key_models: key.models.clone(),
         token_models,
-        rpm_limit: key.rpm_limit,
-        tpm_limit: key.tpm_limit,
+        key_limits: key.limits,
     }
 }
 

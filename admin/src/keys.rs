@@ -81,8 +81,7 @@ pub struct NewKey {
     pub models: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: Option<i64>,
-    pub rpm_limit: Option<i64>,
-    pub tpm_limit: Option<i64>,
+    pub limits: crate::limits::Limits,
 }
 
 pub struct CreatedKey {
@@ -121,15 +120,7 @@ fn validate(new: &NewKey) -> Result<()> {
             "the expiry must be in the future",
         ));
     }
-    for (param, limit) in [("rpm_limit", new.rpm_limit), ("tpm_limit", new.tpm_limit)] {
-        if matches!(limit, Some(l) if l <= 0) {
-            return Err(AdminError::invalid(
-                param,
-                "a limit must be a positive integer",
-            ));
-        }
-    }
-    Ok(())
+    new.limits.validate()
 }
 
 pub async fn insert_key(
@@ -158,8 +149,11 @@ pub async fn insert_key(
             .models
             .as_ref()
             .map(|m| serde_json::Value::from(m.clone()).to_string())),
-        rpm_limit: Set(new.rpm_limit),
-        tpm_limit: Set(new.tpm_limit),
+        rpm_limit: Set(new.limits.rpm),
+        rpm_burst: Set(new.limits.rpm_burst),
+        tpm_limit: Set(new.limits.tpm),
+        tpm_burst: Set(new.limits.tpm_burst),
+        max_concurrent: Set(new.limits.max_concurrent),
         ..Default::default()
     }
     .insert(&txn)

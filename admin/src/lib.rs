@@ -5,11 +5,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod db;
 pub mod entity;
 pub mod error;
 pub mod jwt_keys;
 pub mod keys;
+pub mod limits;
+pub mod policy;
 pub mod tenants;
 pub mod users;
 

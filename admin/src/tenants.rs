@@ -42,6 +42,7 @@ pub async fn insert_tenant(
     let created = tenant::ActiveModel {
         name: Set(name.to_string()),
         created_at: Set(chrono::Utc::now()),
+        updated_at: Set(Some(chrono::Utc::now())),
         ..Default::default()
     }
     .insert(&txn)

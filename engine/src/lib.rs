@@ -17,6 +17,7 @@ use std::sync::Arc;
 use futures::Stream;
 
 pub use config::{DeviceChoice, EngineConfig, ModelSpec, PagedAttentionConfig};
+pub use mistral::UsageMeter;
 pub use types::*;
 
 use crate::bert::BertEmbedder;
@@ -192,15 +193,73 @@ impl Engine {
         &self,
         request: GenerateRequest,
     ) -> Result<GenerationStream, EngineError> {
+        self.start(request, None).await.map(|(stream, _)| stream)
+    }
+
+    /// Start a generation with a queue deadline: if it has not started producing by then it is
+    /// cancelled and `QueueTimeout` comes back. The meter reads the tokens used so far at any
+    /// time, also after the stream was dropped.
+    pub async fn start(
+        &self,
+        request: GenerateRequest,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(GenerationStream, UsageMeter), EngineError> {
         let served = self.served(&request.model)?.clone();
         match &served.backend {
             Backend::Mistral(_) if served.info.kind != ModelKind::Embedding => {
-                mistral::start(served, request, self.inner.config.max_queued_requests).await
+                let max_queued = self.inner.config.max_queued_requests;
+                mistral::start(served, request, max_queued, deadline).await
             }
             _ => Err(EngineError::WrongKind {
                 model: request.model,
                 wanted: "text generation",
             }),
+        }
+    }
+
+    /// Drain a started stream into a finished generation of `n` choices.
+    pub async fn collect(
+        stream: &mut GenerationStream,
+        n: usize,
+    ) -> Result<Generation, EngineError> {
+        mistral::collect(stream, n).await
+    }
+
+    /// Prompt tokens of a generation request as the engine will count them (chat messages
+    /// rendered with the template, tools included).
+    pub async fn count_prompt_tokens(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<usize, EngineError> {
+        let served = self.served(&request.model)?;
+        let Backend::Mistral(model) = &served.backend else {
+            return Err(EngineError::WrongKind {
+                model: request.model.clone(),
+                wanted: "text generation",
+            });
+        };
+        mistral::count_prompt_tokens(model, &request.prompt).await
+    }
+
+    /// Input tokens of an embedding request.
+    pub async fn count_embedding_tokens(
+        &self,
+        model: &str,
+        input: &EmbeddingInput,
+    ) -> Result<usize, EngineError> {
+        match input {
+            EmbeddingInput::Tokens(rows) => Ok(rows.iter().map(Vec::len).sum()),
+            EmbeddingInput::Texts(texts) => {
+                let mut total = 0;
+                for text in texts {
+                    let input = TokenizeInput::Text {
+                        text: text.clone(),
+                        add_special_tokens: true,
+                    };
+                    total += self.tokenize(model, input).await?.len();
+                }
+                Ok(total)
+            }
         }
     }
 

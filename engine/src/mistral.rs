@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use either::Either;
 use futures::stream::SelectAll;
@@ -148,7 +148,8 @@ pub async fn start(
     served: Arc<Served>,
     request: GenerateRequest,
     max_queued: usize,
-) -> Result<GenerationStream, EngineError> {
+    deadline: Option<Instant>,
+) -> Result<(GenerationStream, UsageMeter), EngineError> {
     let model = model_of(&served)?;
     let s = &request.sampling;
     let temperature = s.temperature.unwrap_or(1.0);
@@ -279,6 +280,9 @@ pub async fn start(
             engine_prompt_tokens: prompt_counts[index].clone(),
         });
     }
+    let meter = UsageMeter {
+        observers: observers.clone(),
+    };
     let mut stream = MergedStream {
         choices,
         observers,
@@ -287,15 +291,42 @@ pub async fn start(
         pending: VecDeque::new(),
         finished: false,
     };
-    // Wait briefly for the first event: admission refusals come back immediately.
-    if let Ok(first) = tokio::time::timeout(FIRST_EVENT_WAIT, stream.next()).await {
-        match first {
-            Some(Err(e)) => return Err(e),
-            Some(Ok(event)) => stream.pending.push_back(Ok(event)),
-            None => return Err(EngineError::internal("empty generation")),
+    // Wait for the first event: refusals come back at once. Without a deadline the wait is
+    // brief and the stream is returned still queued; with one, a request that has not started
+    // by then is dropped (which cancels it in the engine) and reported as timed out.
+    let queued_at = Instant::now();
+    let wait = match deadline {
+        Some(deadline) => deadline.saturating_duration_since(queued_at),
+        None => FIRST_EVENT_WAIT,
+    };
+    match tokio::time::timeout(wait, stream.next()).await {
+        Ok(Some(Err(e))) => return Err(e),
+        Ok(Some(Ok(event))) => stream.pending.push_back(Ok(event)),
+        Ok(None) => return Err(EngineError::internal("empty generation")),
+        Err(_) if deadline.is_some() => {
+            return Err(EngineError::QueueTimeout {
+                waited_ms: queued_at.elapsed().as_millis() as u64,
+            })
+        }
+        Err(_) => {}
+    }
+    Ok((Box::pin(stream), meter))
+}
+
+/// Tokens a generation has used so far, readable while it runs and after it was dropped (a
+/// client that went away is still charged for what the engine did).
+#[derive(Clone)]
+pub struct UsageMeter {
+    observers: Vec<Arc<Observer>>,
+}
+
+impl UsageMeter {
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.observers.first().map_or(0, |o| o.prompt_tokens()),
+            completion_tokens: self.observers.iter().map(|o| o.completion_tokens()).sum(),
         }
     }
-    Ok(Box::pin(stream))
 }
 
 /// Move responses from the engine's bounded channel to an unbounded one at once, so a slow
@@ -774,6 +805,35 @@ pub async fn collect(stream: &mut GenerationStream, n: usize) -> Result<Generati
     }
     let usage = usage.ok_or_else(|| EngineError::internal("generation ended without usage"))?;
     Ok(Generation { choices, usage })
+}
+
+/// Prompt tokens as `start` will submit them: chat rendered with tools, text with special tokens.
+pub async fn count_prompt_tokens(
+    model: &mistralrs::Model,
+    prompt: &Prompt,
+) -> Result<usize, EngineError> {
+    let (input, tools) = match prompt {
+        Prompt::Chat {
+            messages,
+            tools,
+            tool_choice,
+        } => {
+            let tools = to_mistral_tools(tools, tool_choice)?.0;
+            let input = TokenizeInput::Chat {
+                messages: messages.clone(),
+                add_generation_prompt: true,
+            };
+            (input, tools)
+        }
+        Prompt::Text(text) => {
+            let input = TokenizeInput::Text {
+                text: text.clone(),
+                add_special_tokens: true,
+            };
+            (input, None)
+        }
+    };
+    Ok(tokenize_with_tools(model, input, tools).await?.len())
 }
 
 pub async fn tokenize(

@@ -285,6 +285,9 @@ pub enum EngineError {
     Unsupported { param: &'static str, detail: String },
     #[error("the engine queue is full")]
     Overloaded,
+    /// Still waiting for the engine when the request's queue deadline passed; nothing ran.
+    #[error("queued for {waited_ms} ms without starting")]
+    QueueTimeout { waited_ms: u64 },
     #[error("the request was cancelled")]
     Cancelled,
     #[error("model load failed: {0}")]

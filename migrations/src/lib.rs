@@ -5,12 +5,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_tenancy;
+mod m20261124_000001_limits_budgets;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_tenancy::Migration)]
+        vec![
+            Box::new(m20261123_000001_tenancy::Migration),
+            Box::new(m20261124_000001_limits_budgets::Migration),
+        ]
     }
 }

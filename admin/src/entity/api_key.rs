@@ -26,6 +26,9 @@ pub struct Model {
     pub models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    pub rpm_burst: Option<i64>,
+    pub tpm_burst: Option<i64>,
+    pub max_concurrent: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

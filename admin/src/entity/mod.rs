@@ -2,6 +2,9 @@
 
 pub mod api_key;
 pub mod audit_log;
+pub mod budget;
+pub mod budget_reservation;
+pub mod budget_usage;
 pub mod jwt_key;
 pub mod tenant;
 pub mod user;

@@ -10,6 +10,13 @@ pub struct Model {
     #[sea_orm(unique)]
     pub name: String,
     pub created_at: DateTimeUtc,
+    pub rpm_limit: Option<i64>,
+    pub rpm_burst: Option<i64>,
+    pub tpm_limit: Option<i64>,
+    pub tpm_burst: Option<i64>,
+    pub max_concurrent: Option<i64>,
+    /// Set by every write that matters to admission (limits); the limits cache polls it.
+    pub updated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
