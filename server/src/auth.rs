@@ -4,7 +4,7 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use aiaas_admin::auth::{AuthError, Caller};
 use futures::future::{ready, Either, LocalBoxFuture, Ready};
 
@@ -63,22 +63,53 @@ impl FromRequest for Authenticated {
         };
         // The hot path: decided from memory, no allocation of a future.
         if let Some(result) = auth.authenticate_hot(credential) {
-            return Either::Left(ready(outcome(result, &state.metrics)));
+            return Either::Left(ready(outcome(result, &state.metrics, req)));
         }
         let (auth, credential) = (auth.clone(), credential.to_string());
         let metrics = state.metrics.clone();
+        let req = req.clone();
         Either::Right(Box::pin(async move {
-            outcome(auth.authenticate(&credential).await, &metrics)
+            outcome(auth.authenticate(&credential).await, &metrics, &req)
         }))
+    }
+}
+
+/// Whose limits a request runs under, left in the request's extensions by the extractor so the
+/// response can carry `x-ratelimit-*` headers even when the handler refused before admission.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitScope {
+    pub tenant_id: i64,
+    pub key_id: Option<i64>,
+    pub key_limits: aiaas_admin::limits::Limits,
+}
+
+impl LimitScope {
+    pub fn caller(&self) -> Caller {
+        let mut caller = Caller::anonymous();
+        caller.tenant_id = self.tenant_id;
+        caller.key_id = self.key_id;
+        caller.key_limits = self.key_limits;
+        caller
     }
 }
 
 fn outcome(
     result: Result<Caller, AuthError>,
     metrics: &Metrics,
+    req: &HttpRequest,
 ) -> Result<Authenticated, ApiError> {
-    if let Err(AuthError::Refused(reason)) = &result {
-        metrics.auth_refusals.with_label_values(&[reason]).inc();
+    match &result {
+        Err(AuthError::Refused(reason)) => {
+            metrics.auth_refusals.with_label_values(&[reason]).inc();
+        }
+        Ok(caller) => {
+            req.extensions_mut().insert(LimitScope {
+                tenant_id: caller.tenant_id,
+                key_id: caller.key_id,
+                key_limits: caller.key_limits,
+            });
+        }
+        Err(_) => {}
     }
     result.map(Authenticated).map_err(ApiError::from)
 }

@@ -39,6 +39,92 @@ pub enum Command {
     /// Manage the JWT verification keys tenants register.
     #[command(subcommand, name = "jwt-key")]
     JwtKey(JwtKeyCommand),
+    /// Manage spend budgets of tenants and keys.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+/// A limit on the command line: a positive number, or `none` to remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValue(pub Option<i64>);
+
+fn parse_limit(text: &str) -> Result<LimitValue, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(LimitValue(None));
+    }
+    match text.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(LimitValue(Some(n))),
+        _ => Err(format!("`{text}`: use a positive integer, or `none`")),
+    }
+}
+
+/// Rate limits of a key or tenant (applied within a second, without restart).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Requests per minute (`none` removes the limit).
+    #[arg(long, value_parser = parse_limit)]
+    pub rpm: Option<LimitValue>,
+    /// Requests allowed at once (default: a minute's worth).
+    #[arg(long, value_parser = parse_limit)]
+    pub rpm_burst: Option<LimitValue>,
+    /// Tokens (prompt + completion) per minute.
+    #[arg(long, value_parser = parse_limit)]
+    pub tpm: Option<LimitValue>,
+    /// Tokens that may be reserved at once (default: a minute's worth).
+    #[arg(long, value_parser = parse_limit)]
+    pub tpm_burst: Option<LimitValue>,
+    /// Requests running at the same time.
+    #[arg(long, value_parser = parse_limit)]
+    pub max_concurrent: Option<LimitValue>,
+}
+
+impl LimitArgs {
+    pub fn change(&self) -> aiaas_admin::limits::LimitsChange {
+        let get = |v: Option<LimitValue>| v.map(|v| v.0);
+        aiaas_admin::limits::LimitsChange {
+            rpm: get(self.rpm),
+            rpm_burst: get(self.rpm_burst),
+            tpm: get(self.tpm),
+            tpm_burst: get(self.tpm_burst),
+            max_concurrent: get(self.max_concurrent),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Set (or replace) the token budget of a tenant, or of one of its keys with --key.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// The key's id (the part after `sk-aiaas-`); without it the budget covers the tenant.
+        #[arg(long)]
+        key: Option<String>,
+        /// Tokens (prompt + completion) allowed per period.
+        #[arg(long)]
+        tokens: i64,
+        /// `monthly` (calendar month, UTC) or a number of days, e.g. `7d`.
+        #[arg(long, default_value = "monthly")]
+        period: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List a tenant's budgets with this period's spend and reservations.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove the budget of a tenant (or of one key with --key).
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,8 +170,16 @@ pub enum TenantCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// List tenants.
+    /// List tenants and their limits.
     List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Change a tenant's rate limits (the stricter of tenant and key applies).
+    SetLimits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -106,6 +200,16 @@ pub enum KeyCommand {
         /// Lifetime, e.g. 30d, 12h.
         #[arg(long)]
         expires: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Change a key's rate limits.
+    SetLimits {
+        id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         db: DbArgs,
     },

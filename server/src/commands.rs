@@ -3,12 +3,16 @@
 //! or token alone on the last line).
 
 use aiaas_admin::audit::Actor;
+use aiaas_admin::budgets::{self, Period};
+use aiaas_admin::limits::{self, Limits};
 use aiaas_admin::{jwt_keys, keys, tenants, users, Scope};
 use anyhow::{bail, Context};
 use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::cli::{DbArgs, JwtKeyCommand, KeyCommand, MigrateArgs, TenantCommand, UserCommand};
+use crate::cli::{
+    BudgetCommand, DbArgs, JwtKeyCommand, KeyCommand, MigrateArgs, TenantCommand, UserCommand,
+};
 
 async fn open(db: &DbArgs) -> anyhow::Result<DatabaseConnection> {
     let config = db.load_config().map_err(anyhow::Error::msg)?;
@@ -21,6 +25,22 @@ async fn open(db: &DbArgs) -> anyhow::Result<DatabaseConnection> {
             .context("migrating the database")?;
     }
     Ok(conn)
+}
+
+fn limit(value: Option<i64>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `rpm=60 rpm_burst=- tpm=10000 tpm_burst=- max_concurrent=4`
+fn show_limits(l: &Limits) -> String {
+    format!(
+        "rpm={} rpm_burst={} tpm={} tpm_burst={} max_concurrent={}",
+        limit(l.rpm),
+        limit(l.rpm_burst),
+        limit(l.tpm),
+        limit(l.tpm_burst),
+        limit(l.max_concurrent)
+    )
 }
 
 fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -57,10 +77,37 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
         }
         TenantCommand::List { db } => {
             let conn = open(&db).await?;
-            println!("id\tname\tcreated_at");
+            println!("id\tname\tcreated_at\tlimits");
             for t in tenants::list_tenants(&conn).await? {
-                println!("{}\t{}\t{}", t.id, t.name, when(Some(t.created_at)));
+                let shown = show_limits(&Limits::from_tenant(&t));
+                println!(
+                    "{}\t{}\t{}\t{shown}",
+                    t.id,
+                    t.name,
+                    when(Some(t.created_at))
+                );
             }
+        }
+        TenantCommand::SetLimits {
+            name,
+            limits: args,
+            db,
+        } => {
+            let change = args.change();
+            if change.is_empty() {
+                bail!("nothing to change: give --rpm, --tpm, --max-concurrent, --rpm-burst or --tpm-burst");
+            }
+            let conn = open(&db).await?;
+            let tenant = tenants::require_tenant(&conn, &name).await?;
+            let now = limits::update_tenant_limits(
+                &conn,
+                Scope::Platform,
+                tenant.id,
+                change,
+                &Actor::cli(),
+            )
+            .await?;
+            println!("{}\t{}", tenant.name, show_limits(&now));
         }
     }
     Ok(())
@@ -73,10 +120,12 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
             name,
             models,
             expires,
+            limits: args,
             db,
         } => {
             let conn = open(&db).await?;
             let tenant = tenants::require_tenant(&conn, &tenant).await?;
+            let key_limits = args.change().apply(Limits::default());
             let expires_at = expires
                 .map(|e| aiaas_admin::parse_duration(&e).map(|d| chrono::Utc::now() + d))
                 .transpose()?;
@@ -87,6 +136,7 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                     name,
                     models,
                     expires_at,
+                    limits: key_limits,
                     ..Default::default()
                 },
                 &Actor::cli(),
@@ -101,10 +151,10 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::List { tenant, db } => {
             let conn = open(&db).await?;
             let tenant = tenants::require_tenant(&conn, &tenant).await?;
-            println!("id\tprefix\tname\tmodels\tcreated_at\texpires_at\trevoked_at\tlast_used_at");
+            println!("id\tprefix\tname\tmodels\tcreated_at\texpires_at\trevoked_at\tlast_used_at\tlimits");
             for k in keys::list_keys(&conn, tenant.id).await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.public_id,
                     k.prefix,
                     k.name,
@@ -113,8 +163,23 @@ pub async fn key(command: KeyCommand) -> anyhow::Result<()> {
                     when(k.expires_at),
                     when(k.revoked_at),
                     when(k.last_used_at),
+                    show_limits(&Limits::from_key(&k)),
                 );
             }
+        }
+        KeyCommand::SetLimits {
+            id,
+            limits: args,
+            db,
+        } => {
+            let change = args.change();
+            if change.is_empty() {
+                bail!("nothing to change: give --rpm, --tpm, --max-concurrent, --rpm-burst or --tpm-burst");
+            }
+            let conn = open(&db).await?;
+            let now = limits::update_key_limits(&conn, Scope::Platform, &id, change, &Actor::cli())
+                .await?;
+            println!("{id}\t{}", show_limits(&now));
         }
         KeyCommand::Revoke { id, db } => {
             let conn = open(&db).await?;
@@ -258,5 +323,85 @@ async fn set_enabled(kid: &str, db: &DbArgs, enabled: bool) -> anyhow::Result<()
         key.kid,
         if key.enabled { "enabled" } else { "disabled" }
     );
+    Ok(())
+}
+
+pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
+    match command {
+        BudgetCommand::Set {
+            tenant,
+            key,
+            tokens,
+            period,
+            db,
+        } => {
+            let period = Period::parse(&period)?;
+            let conn = open(&db).await?;
+            let tenant = tenants::require_tenant(&conn, &tenant).await?;
+            let saved = budgets::set_budget(
+                &conn,
+                Scope::Platform,
+                tenant.id,
+                key.as_deref(),
+                tokens,
+                period,
+                &Actor::cli(),
+            )
+            .await?;
+            println!(
+                "budget {}\t{}\t{}\t{} tokens per {}",
+                saved.id,
+                tenant.name,
+                key.as_deref().unwrap_or("*"),
+                saved.amount,
+                saved.period
+            );
+        }
+        BudgetCommand::List { tenant, db } => {
+            let conn = open(&db).await?;
+            let tenant = tenants::require_tenant(&conn, &tenant).await?;
+            let key_ids: std::collections::HashMap<i64, String> = keys::list_keys(&conn, tenant.id)
+                .await?
+                .into_iter()
+                .map(|k| (k.id, k.public_id))
+                .collect();
+            println!("id\tkey\tunit\tamount\tperiod\tperiod_start\tperiod_end\tspent\treserved");
+            for b in budgets::list_budgets(&conn, tenant.id).await? {
+                let key = b
+                    .budget
+                    .key_id
+                    .and_then(|id| key_ids.get(&id).cloned())
+                    .unwrap_or_else(|| "*".into());
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    b.budget.id,
+                    key,
+                    b.budget.unit,
+                    b.budget.amount,
+                    b.budget.period,
+                    when(Some(b.window.start)),
+                    when(Some(b.window.end)),
+                    b.spent,
+                    b.reserved
+                );
+            }
+        }
+        BudgetCommand::Delete { tenant, key, db } => {
+            let conn = open(&db).await?;
+            let tenant = tenants::require_tenant(&conn, &tenant).await?;
+            budgets::delete_budget(
+                &conn,
+                Scope::Platform,
+                tenant.id,
+                key.as_deref(),
+                &Actor::cli(),
+            )
+            .await?;
+            println!(
+                "deleted the budget of {}",
+                key.as_deref().unwrap_or(&tenant.name)
+            );
+        }
+    }
     Ok(())
 }

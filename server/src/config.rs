@@ -60,6 +60,21 @@ pub struct RequestLimits {
     pub max_batch_inputs: usize,
     /// Largest `n`.
     pub max_n: usize,
+    /// Share rate limits between replicas through this Redis (`redis://host:6379/0`); unset:
+    /// limits are per process. The password, if any, is never printed.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (several deployments may share one Redis).
+    pub redis_prefix: String,
+    /// Redis connect / response timeout; past it the check falls back to per-process limits.
+    pub redis_timeout_ms: u64,
+    /// A concurrency slot held in Redis is freed after this long even if its replica died.
+    pub concurrency_lease_secs: u64,
+    /// How long a request may wait in a model's queue before it is dropped (504, not billed).
+    pub queue_timeout_secs: f64,
+    /// The most a request may ask for with the `x-aiaas-queue-timeout-ms` header.
+    pub max_queue_timeout_secs: f64,
+    /// A budget reservation older than this is presumed orphaned (its process died) and released.
+    pub reservation_ttl_secs: u64,
 }
 
 impl Default for RequestLimits {
@@ -69,6 +84,13 @@ impl Default for RequestLimits {
             max_messages: 1024,
             max_batch_inputs: 256,
             max_n: 8,
+            redis_url: None,
+            redis_prefix: "aiaas".into(),
+            redis_timeout_ms: 250,
+            concurrency_lease_secs: 900,
+            queue_timeout_secs: 60.0,
+            max_queue_timeout_secs: 600.0,
+            reservation_ttl_secs: 3600,
         }
     }
 }
@@ -143,6 +165,18 @@ impl Config {
             .any(|scheme| self.database.url.starts_with(scheme))
         {
             return Err("database.url must start with sqlite:, postgres: or postgresql:".into());
+        }
+        let l = &self.limits;
+        if !(l.queue_timeout_secs > 0.0 && l.queue_timeout_secs <= l.max_queue_timeout_secs) {
+            return Err(
+                "limits.queue_timeout_secs must be positive and at most max_queue_timeout_secs"
+                    .into(),
+            );
+        }
+        if l.redis_url.as_deref().is_some_and(|u| {
+            !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix:"))
+        }) {
+            return Err("limits.redis_url must start with redis://, rediss:// or unix:".into());
         }
         Ok(())
     }

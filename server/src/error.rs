@@ -9,6 +9,8 @@ use aiaas_admin::auth::AuthError;
 use aiaas_engine::EngineError;
 use serde::Serialize;
 
+use crate::limits::{format_reset, Dimension, RateHeaders, Refusal};
+
 /// An OpenAI-shaped error: `{"error":{"message","type","param","code"}}`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {kind}: {message}")]
@@ -19,8 +21,21 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     pub retry_after_secs: Option<u64>,
+    /// `x-should-retry: false`: waiting will not help (the SDKs then do not retry).
+    pub no_retry: bool,
     /// Send `WWW-Authenticate: Bearer` (401s).
     pub www_authenticate: bool,
+    /// Rate-limit details of a 429 (boxed: most errors have none).
+    pub limit: Option<Box<LimitInfo>>,
+}
+
+/// What a rate-limit refusal adds to its response.
+#[derive(Debug, Clone, Default)]
+pub struct LimitInfo {
+    /// `retry-after-ms`, which the OpenAI SDKs prefer to `Retry-After`.
+    pub retry_after_ms: Option<u64>,
+    /// `x-ratelimit-*` headers.
+    pub rate: Option<RateHeaders>,
 }
 
 #[derive(Serialize)]
@@ -46,7 +61,9 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_secs: None,
+            no_retry: false,
             www_authenticate: false,
+            limit: None,
         }
     }
 
@@ -157,6 +174,90 @@ impl ApiError {
         e
     }
 
+    /// 429 `rate_limit_exceeded`, phrased the way OpenAI phrases it.
+    pub fn rate_limited(refusal: &Refusal, rate: RateHeaders) -> Self {
+        let whom = refusal.kind.describe();
+        let (message, wait) = match refusal.dimension {
+            Dimension::Requests | Dimension::Tokens => {
+                let (what, short) = if refusal.dimension == Dimension::Requests {
+                    ("requests", "RPM")
+                } else {
+                    ("tokens", "TPM")
+                };
+                let wait = refusal.retry_after_us.unwrap_or(1_000_000);
+                (
+                    format!(
+                        "Rate limit reached for {what} per minute ({short}) on {whom}: Limit {}, \
+                         Requested {}. Please try again in {}.",
+                        refusal.limit,
+                        refusal.requested,
+                        format_reset(wait)
+                    ),
+                    Some(wait),
+                )
+            }
+            Dimension::Concurrency => (
+                format!(
+                    "Too many concurrent requests on {whom}: Limit {}. Please try again when one \
+                     of them has finished.",
+                    refusal.limit
+                ),
+                Some(refusal.retry_after_us.unwrap_or(1_000_000)),
+            ),
+            Dimension::TooLarge => (
+                format!(
+                    "Request too large for tokens per minute (TPM) on {whom}: Limit {}, Requested \
+                     {}. Reduce the prompt or max_tokens so the request fits.",
+                    refusal.limit, refusal.requested
+                ),
+                None,
+            ),
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", message)
+            .with_code("rate_limit_exceeded");
+        let mut info = LimitInfo {
+            retry_after_ms: None,
+            rate: Some(rate),
+        };
+        match wait {
+            Some(us) => {
+                let ms = (us.max(0) as u64).div_ceil(1000).max(1);
+                info.retry_after_ms = Some(ms);
+                e.retry_after_secs = Some(ms.div_ceil(1000));
+            }
+            None => e.no_retry = true,
+        }
+        e.limit = Some(Box::new(info));
+        e
+    }
+
+    /// 429 `insufficient_quota`: a budget cannot take this request in the current period.
+    pub fn insufficient_quota(message: String, rate: Option<RateHeaders>) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+            .with_code("insufficient_quota");
+        e.no_retry = true;
+        e.limit = Some(Box::new(LimitInfo {
+            retry_after_ms: None,
+            rate,
+        }));
+        e
+    }
+
+    /// 504: the request waited in the model's queue past its deadline; nothing ran or was billed.
+    pub fn queue_timeout(waited_ms: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            format!(
+                "The request waited {waited_ms} ms for the model without starting and was dropped \
+                 (not billed). The server is busy; retry shortly."
+            ),
+        )
+        .with_code("queue_timeout");
+        e.retry_after_secs = Some(1);
+        e
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,10 +291,21 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        if let Some(ms) = self.limit.as_ref().and_then(|l| l.retry_after_ms) {
+            res.insert_header(("retry-after-ms", ms.to_string()));
+        }
+        if self.no_retry {
+            res.insert_header(("x-should-retry", "false"));
+        }
+
         if self.www_authenticate {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        res.json(self.body())
+        let mut response = res.json(self.body());
+        if let Some(rate) = self.limit.as_ref().and_then(|l| l.rate.as_ref()) {
+            crate::admission::insert_rate_headers(response.headers_mut(), rate);
+        }
+        response
     }
 }
 
@@ -210,6 +322,7 @@ impl From<EngineError> for ApiError {
             EngineError::Overloaded => {
                 ApiError::overloaded("The engine is overloaded, please retry shortly.", 1)
             }
+            EngineError::QueueTimeout { waited_ms } => ApiError::queue_timeout(waited_ms),
             EngineError::Cancelled | EngineError::Internal(_) | EngineError::Load(_) => {
                 tracing::error!(error = %err, "engine error");
                 ApiError::internal()

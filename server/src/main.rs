@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
             let config = args.load_config().map_err(anyhow::Error::msg)?;
             let mut shown = config.clone();
             shown.database.url = redact_password(&shown.database.url);
+            shown.limits.redis_url = shown.limits.redis_url.as_deref().map(redact_password);
             println!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
@@ -56,6 +57,10 @@ async fn main() -> anyhow::Result<()> {
         Command::JwtKey(command) => {
             init_tracing("text", "warn");
             commands::jwt_key(command).await
+        }
+        Command::Budget(command) => {
+            init_tracing("text", "warn");
+            commands::budget(command).await
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub running: IntGaugeVec,
     pub auth_refusals: IntCounterVec,
+    pub admission_refusals: IntCounterVec,
+    pub queue_wait: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -72,6 +74,24 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let admission_refusals = IntCounterVec::new(
+            Opts::new(
+                "admission_refusals_total",
+                "Requests refused before the engine, by reason (requests, tokens, concurrency, \
+                 too_large, budget, queue_full, queue_timeout).",
+            ),
+            &["reason"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "queue_wait_seconds",
+                "Time from submission to the engine until the request started producing.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )?;
+        registry.register(Box::new(admission_refusals.clone()))?;
+        registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(auth_refusals.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -88,7 +108,13 @@ impl Metrics {
             queue_depth,
             running,
             auth_refusals,
+            admission_refusals,
+            queue_wait,
         })
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.admission_refusals.with_label_values(&[reason]).inc();
     }
 
     pub fn record_usage(&self, model: &str, prompt: usize, completion: usize) {

@@ -8,11 +8,14 @@ use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpServer};
 use aiaas_admin::auth::Authenticator;
+use aiaas_admin::policy::{Policies, PolicySettings};
 use aiaas_engine::Engine;
 use anyhow::Context;
 use secrecy::SecretString;
 
+use crate::admission::{Gate, Pending};
 use crate::config::Config;
+use crate::limits::{Limiter, RedisSettings};
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::AppState;
@@ -60,16 +63,40 @@ impl Application {
             None
         };
 
+        let policies = Policies::start(
+            db.clone(),
+            PolicySettings {
+                refresh_interval: Duration::from_millis(config.auth.refresh_interval_ms),
+                reservation_ttl: Duration::from_secs(config.limits.reservation_ttl_secs),
+            },
+        )
+        .await
+        .context("loading tenant limits and budgets")?;
+        let limiter = Limiter::new(config.limits.redis_url.as_ref().map(|url| RedisSettings {
+            url: url.clone(),
+            prefix: config.limits.redis_prefix.clone(),
+            timeout: Duration::from_millis(config.limits.redis_timeout_ms.max(1)),
+            lease: Duration::from_secs(config.limits.concurrency_lease_secs.max(1)),
+        }))?;
+        tracing::info!(mode = limiter.mode().as_str(), "rate limits");
+
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new().context("metrics registry")?;
+        let gate = Gate {
+            limiter,
+            policies,
+            pending: Pending::default(),
+            metrics: metrics.clone(),
+        };
         let state = AppState::new(
             config.limits.clone(),
             metrics,
             Duration::from_secs(config.server.keep_alive_secs),
             db,
             auth,
+            gate,
         );
         let server = run(listener, state.clone(), &config)?;
         tracing::info!(address = %format!("http://{}:{port}", ip_of(&config.server.bind)), "aiaas listening");
@@ -123,6 +150,7 @@ impl Application {
     /// Serve until SIGTERM / SIGINT (graceful: in-flight requests get `shutdown_timeout_secs`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.serving.await.context("server task")??;
+        self.state.gate.pending.drain(Duration::from_secs(10)).await;
         if let Some(auth) = &self.state.auth {
             if let Err(err) = auth.flush_last_used().await {
                 tracing::warn!(error = %err, "writing last_used_at at shutdown failed");
@@ -151,6 +179,7 @@ fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Resul
                 let fut = srv.call(req);
                 async move {
                     let mut res = fut.await?;
+                    crate::admission::add_missing_rate_headers(&mut res).await;
                     if let Ok(value) = HeaderValue::from_str(&format!("req_{request_id}")) {
                         res.headers_mut()
                             .insert(HeaderName::from_static("x-request-id"), value);

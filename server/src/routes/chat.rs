@@ -2,16 +2,17 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
-use aiaas_engine::{GenerationEvent, ModelKind};
+use actix_web::{web, HttpRequest, HttpResponse};
+use aiaas_engine::{Engine, GenerationEvent, ModelKind};
 use futures::StreamExt;
 
+use crate::admission::insert_rate_headers;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
 use crate::openai::chat::{ChatChoice, ChatCompletion, ChatCompletionRequest, ChunkFactory};
 use crate::openai::shared::{new_id, system_fingerprint, unix_now};
-use crate::routes::Observed;
+use crate::routes::{start_generation, worst_case, Observed};
 use crate::sse::{self, SseEvent};
 use crate::state::AppState;
 
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_chat_completion(
+    req: HttpRequest,
     caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<ChatCompletionRequest>,
@@ -33,11 +35,21 @@ pub async fn create_chat_completion(
     let engine = state.engine()?;
     engine.require_kind(&request.model, &[ModelKind::Chat], "/v1/chat/completions")?;
     caller.require_model(&request.model)?;
+    let deadline = state.queue_deadline(&req);
+    let mut admitted = state
+        .gate
+        .admit(&caller.0, worst_case(engine, &request))
+        .await?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/chat/completions", &model, started);
+    let n = request.sampling.n;
+    let mut stream =
+        start_generation(&state, engine, request, deadline, &mut admitted, &observed).await?;
 
     if !options.stream {
-        let generation = observed.track(engine.generate(request).await)?;
+        // An error here drops `admitted`, which charges what the engine metered.
+        let generation = observed.track(Engine::collect(&mut stream, n).await)?;
+        admitted.finish(generation.usage);
         observed.finish(200);
         state.metrics.record_usage(
             &model,
@@ -57,11 +69,9 @@ pub async fn create_chat_completion(
                 .collect(),
             usage: generation.usage.into(),
         };
-        return Ok(HttpResponse::Ok().json(body));
+        return Ok(admitted.stamp(HttpResponse::Ok().json(body)));
     }
 
-    let n = request.sampling.n;
-    let stream = observed.track(engine.generate_stream(request).await)?;
     let chunks = ChunkFactory {
         id: new_id("chatcmpl"),
         created: unix_now(),
@@ -69,6 +79,7 @@ pub async fn create_chat_completion(
         fingerprint: system_fingerprint(),
         include_usage: options.include_usage,
     };
+    let rate = admitted.headers().copied();
     let roles: Vec<SseEvent> = (0..n).map(|i| SseEvent::json(&chunks.role(i))).collect();
     let mut first_token = true;
     let metrics = state.metrics.clone();
@@ -96,6 +107,7 @@ pub async fn create_chat_completion(
                 Some(SseEvent::json(&chunks.finish(index, reason)))
             }
             Ok(GenerationEvent::Usage(usage)) => {
+                admitted.finish(usage);
                 metrics.record_usage(&chunks.model, usage.prompt_tokens, usage.completion_tokens);
                 observed.finish(200);
                 options
@@ -111,5 +123,9 @@ pub async fn create_chat_completion(
         futures::future::ready(out)
     });
     let events = futures::stream::iter(roles).chain(events);
-    Ok(sse::response(Box::pin(events), state.keep_alive))
+    let mut response = sse::response(Box::pin(events), state.keep_alive);
+    if let Some(rate) = &rate {
+        insert_rate_headers(response.headers_mut(), rate);
+    }
+    Ok(response)
 }

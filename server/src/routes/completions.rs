@@ -2,10 +2,11 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
-use aiaas_engine::{GenerationEvent, ModelKind, Usage};
+use actix_web::{web, HttpRequest, HttpResponse};
+use aiaas_engine::{Engine, GenerationEvent, ModelKind, Usage};
 use futures::StreamExt;
 
+use crate::admission::insert_rate_headers;
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -13,7 +14,7 @@ use crate::openai::completions::{
     CompletionChoice, CompletionFactory, CompletionLogprobs, CompletionRequest,
 };
 use crate::openai::shared::{new_id, system_fingerprint, unix_now};
-use crate::routes::Observed;
+use crate::routes::{start_generation, worst_case, Observed};
 use crate::sse::{self, SseEvent};
 use crate::state::AppState;
 
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_completion(
+    req: HttpRequest,
     caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<CompletionRequest>,
@@ -40,6 +42,15 @@ pub async fn create_completion(
         "/v1/completions",
     )?;
     caller.require_model(&model)?;
+    let deadline = state.queue_deadline(&req);
+    let estimate = async {
+        let mut total = 0;
+        for request in &requests {
+            total += worst_case(engine, request).await?;
+        }
+        Ok(total)
+    };
+    let mut admitted = state.gate.admit(&caller.0, estimate).await?;
     let observed = Observed::new(&state, "/v1/completions", &model, started);
     let n = requests[0].sampling.n;
     let factory = CompletionFactory {
@@ -49,9 +60,20 @@ pub async fn create_completion(
         fingerprint: system_fingerprint(),
     };
 
+    // Start every prompt before the first byte, so refusals are still plain errors (and one
+    // refusal gives back the whole admission).
+    let prompts = requests.len();
+    let mut streams = Vec::with_capacity(prompts);
+    for request in requests {
+        let stream =
+            start_generation(&state, engine, request, deadline, &mut admitted, &observed).await?;
+        streams.push(stream);
+    }
+
     if !options.stream {
         let results =
-            futures::future::join_all(requests.into_iter().map(|r| engine.generate(r))).await;
+            futures::future::join_all(streams.iter_mut().map(|stream| Engine::collect(stream, n)))
+                .await;
         let mut choices = Vec::new();
         let mut usage = Usage::default();
         for (p, result) in results.into_iter().enumerate() {
@@ -69,20 +91,16 @@ pub async fn create_completion(
                 });
             }
         }
+        admitted.finish(usage);
         observed.finish(200);
         state
             .metrics
             .record_usage(&model, usage.prompt_tokens, usage.completion_tokens);
-        return Ok(HttpResponse::Ok().json(factory.body(choices, Some(Some(usage.into())))));
+        let body = factory.body(choices, Some(Some(usage.into())));
+        return Ok(admitted.stamp(HttpResponse::Ok().json(body)));
     }
 
-    // Start every prompt's stream before the first byte, so refusals are still plain errors.
-    let prompts = requests.len();
-    let mut streams = Vec::with_capacity(prompts);
-    for request in requests {
-        let stream = observed.track(engine.generate_stream(request).await)?;
-        streams.push(stream);
-    }
+    let rate = admitted.headers().copied();
     let merged = futures::stream::select_all(
         streams
             .into_iter()
@@ -123,6 +141,7 @@ pub async fn create_completion(
                 total.completion_tokens += usage.completion_tokens;
                 finished_prompts += 1;
                 if finished_prompts == prompts {
+                    admitted.finish(total);
                     metrics.record_usage(
                         &factory.model,
                         total.prompt_tokens,
@@ -142,5 +161,9 @@ pub async fn create_completion(
         };
         futures::future::ready(out)
     });
-    Ok(sse::response(Box::pin(events), state.keep_alive))
+    let mut response = sse::response(Box::pin(events), state.keep_alive);
+    if let Some(rate) = &rate {
+        insert_rate_headers(response.headers_mut(), rate);
+    }
+    Ok(response)
 }

@@ -32,9 +32,28 @@ pub async fn create_embeddings(
     let engine = state.engine()?;
     engine.require_kind(&request.model, &[ModelKind::Embedding], "/v1/embeddings")?;
     caller.require_model(&request.model)?;
+    let estimate = async {
+        let tokens = engine
+            .count_embedding_tokens(&request.model, &request.input)
+            .await?;
+        Ok(tokens as u64)
+    };
+    let mut admitted = state.gate.admit(&caller.0, estimate).await?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/embeddings", &model, started);
-    let result = observed.track(engine.embed(request).await)?;
+    let result = match engine.embed(request).await {
+        Ok(result) => result,
+        Err(err) => {
+            admitted.abandon();
+            let err = ApiError::from(err);
+            observed.finish(err.status.as_u16());
+            return Err(err);
+        }
+    };
+    admitted.finish(aiaas_engine::Usage {
+        prompt_tokens: result.prompt_tokens,
+        completion_tokens: 0,
+    });
     observed.finish(200);
     state.metrics.record_usage(&model, result.prompt_tokens, 0);
     let data = result
@@ -47,7 +66,7 @@ pub async fn create_embeddings(
             embedding: EmbeddingVector::encode(v, format),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(EmbeddingList {
+    Ok(admitted.stamp(HttpResponse::Ok().json(EmbeddingList {
         object: "list",
         data,
         model,
@@ -55,5 +74,5 @@ pub async fn create_embeddings(
             prompt_tokens: result.prompt_tokens,
             total_tokens: result.prompt_tokens,
         },
-    }))
+    })))
 }

@@ -20,6 +20,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Ok(engine) => HttpResponse::Ok().json(json!({
             "status": "ready",
             "device": engine.device_description(),
+            "limits": state.gate.limiter.mode().as_str(),
             "models": engine.models().iter().map(|m| json!({
                 "id": m.id, "kind": m.kind.as_str(), "max_model_len": m.max_seq_len,
             })).collect::<Vec<_>>(),

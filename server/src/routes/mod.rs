@@ -11,7 +11,9 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse};
-use aiaas_engine::EngineError;
+use aiaas_engine::{Engine, EngineError, GenerateRequest, GenerationStream};
+
+use crate::admission::Admitted;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -90,5 +92,59 @@ impl Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         self.finish(499);
+    }
+}
+
+/// The worst case of a generation in tokens, for admission: its prompt (counted with the model's
+/// tokenizer and chat template) plus, per choice, `max_tokens` or the rest of the context.
+pub async fn worst_case(engine: &Engine, request: &GenerateRequest) -> Result<u64, ApiError> {
+    let context = engine
+        .model_info(&request.model)
+        .map_or(0, |m| m.max_seq_len);
+    let prompt = engine.count_prompt_tokens(request).await?;
+    let room = context.saturating_sub(prompt);
+    let each = request.sampling.max_tokens.map_or(room, |m| m.min(room));
+    Ok((prompt + request.sampling.n * each) as u64)
+}
+
+/// Submit an admitted generation to the engine with its queue deadline. A refusal or a timeout
+/// gives the admission back (nothing ran, nothing is charged) and is counted in metrics.
+pub async fn start_generation(
+    state: &AppState,
+    engine: &Engine,
+    request: GenerateRequest,
+    deadline: Instant,
+    admitted: &mut Admitted,
+    observed: &Observed,
+) -> Result<GenerationStream, ApiError> {
+    let submitted = Instant::now();
+    let model = request.model.clone();
+    match engine.start(request, Some(deadline)).await {
+        Ok((stream, meter)) => {
+            state
+                .metrics
+                .queue_wait
+                .with_label_values(&[&model])
+                .observe(submitted.elapsed().as_secs_f64());
+            admitted.watch(meter);
+            Ok(stream)
+        }
+        Err(err) => {
+            admitted.abandon();
+            match &err {
+                EngineError::Overloaded => {
+                    tracing::warn!(model = %model, "engine queue full: request refused");
+                    state.metrics.refused("queue_full");
+                }
+                EngineError::QueueTimeout { waited_ms } => {
+                    tracing::warn!(model = %model, waited_ms, "queue deadline passed: request dropped");
+                    state.metrics.refused("queue_timeout");
+                }
+                _ => {}
+            }
+            let err = ApiError::from(err);
+            observed.finish(err.status.as_u16());
+            Err(err)
+        }
     }
 }
