@@ -186,3 +186,67 @@ def test_a_key_limited_to_other_models_raises_permission_denied(server):
         client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2)
     assert err.value.code == "model_not_allowed"
     assert len(client.embeddings.create(model=BERT, input="hello").data) == 1
+
+
+def _refusals(server, reason):
+    import urllib.request
+
+    with urllib.request.urlopen(server.base + "/metrics") as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'aiaas_admission_refusals_total{{reason="{reason}"}}'):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def test_rate_limit_error_carries_the_headers_and_the_sdk_retry_succeeds(server):
+    from conftest import aiaas
+    from openai import OpenAI
+
+    # 60 a minute, one at a time: the second request in a row must wait a second.
+    key = aiaas("key", "create", "--tenant", "default", "--rpm", "60", "--rpm-burst", "1",
+                database_url=server.database_url)
+    strict = OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0)
+    first = strict.chat.completions.with_raw_response.create(model=CHAT, messages=MESSAGES, max_tokens=1)
+    assert first.headers["x-ratelimit-limit-requests"] == "60"
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError) as err:
+        strict.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=1)
+    assert err.value.status_code == 429
+    assert err.value.code == "rate_limit_exceeded"
+    headers = err.value.response.headers
+    assert headers["x-ratelimit-limit-requests"] == "60"
+    assert 0 < int(headers["retry-after-ms"]) <= 1000
+    assert headers["retry-after"] == "1"
+    # The SDK's own retry waits as told and then gets through.
+    refused_before = _refusals(server, "requests")
+    patient = OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=3)
+    out = patient.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=1)
+    assert out.usage.completion_tokens == 1
+    assert _refusals(server, "requests") - refused_before <= 1
+
+
+def test_an_exhausted_budget_raises_insufficient_quota_and_the_sdk_does_not_retry(server):
+    from conftest import aiaas
+    from openai import OpenAI
+
+    key = aiaas("key", "create", "--tenant", "default", database_url=server.database_url)
+    key_id = key.split("-")[2]
+    aiaas("budget", "set", "--tenant", "default", "--key", key_id, "--tokens", "5",
+          database_url=server.database_url)
+    client = OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=2)
+    # The budget reaches the server's cache within a second.
+    import time
+    deadline = time.monotonic() + 2
+    while True:
+        before = _refusals(server, "budget")
+        try:
+            client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=8)
+        except openai.RateLimitError as err:
+            assert err.code == "insufficient_quota"
+            assert err.type == "insufficient_quota"
+            break
+        assert time.monotonic() < deadline, "budget not applied within 2 s"
+    assert _refusals(server, "budget") - before == 1, "x-should-retry: false stops the SDK's retries"
+    listed = aiaas("budget", "list", "--tenant", "default", database_url=server.database_url)
+    assert listed.split("\t")[1] == key_id and listed.split("\t")[7] == "0"

@@ -426,3 +426,136 @@ pub async fn fresh_migrated(db: TestDb) -> (String, sea_orm::DatabaseConnection)
         .expect("migrations apply");
     (url, conn)
 }
+
+/// An `aiaas serve` process of its own (a replica), killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub app: TestApp,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Start the `aiaas` binary on `database_url` with the tiny chat model and `env`
+/// (`AIAAS__SECTION__KEY` settings); returns once `/ready` answers. `key` is the credential its
+/// `TestApp` carries.
+pub async fn spawn_process(database_url: &str, env: &[(&str, String)], key: &str) -> ServerProcess {
+    let port = free_port();
+    let model = format!("{CHAT}={}", fixtures().join("tiny-qwen3").display());
+    let mut command = std::process::Command::new(aiaas_bin());
+    command
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", database_url, "--model", &model])
+        .env("AIAAS__AUTH__REFRESH_INTERVAL_MS", "100")
+        .env("AIAAS__SERVER__WORKERS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().expect("aiaas binary starts");
+    let process = ServerProcess {
+        child,
+        app: TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: client(),
+            key: Some(key.to_string()),
+            database_url: database_url.to_string(),
+        },
+    };
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(res) = process
+            .app
+            .client
+            .get(process.app.url("/ready"))
+            .send()
+            .await
+        {
+            if res.status() == 200 {
+                return process;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "aiaas process did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `redis-server` of the test's own on a free port (no persistence), stopped when dropped.
+/// `None` when the machine has no `redis-server` (unless `AIAAS_REQUIRE_REDIS` is set, as CI
+/// does: then its absence fails the test).
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Option<RedisServer> {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Option<RedisServer> {
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                assert!(
+                    std::env::var_os("AIAAS_REQUIRE_REDIS").is_none(),
+                    "redis-server is required (AIAAS_REQUIRE_REDIS) but cannot start: {err}"
+                );
+                eprintln!("skipped: redis-server is not installed ({err})");
+                return None;
+            }
+        };
+        let server = RedisServer { child, port };
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stop it now (the port stays free for `start_on`).
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,6 +3,7 @@
 //! generated), real HTTP. Random weights: assert structure and counts, never wording.
 
 mod auth;
+mod limits;
 
 use aiaas_tests::*;
 use base64::Engine as _;
@@ -82,6 +83,7 @@ async fn health_ready_and_metrics_need_no_model_call() {
     assert_eq!(status, 200);
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["device"], "cpu");
+    assert_eq!(ready["limits"], "local");
     assert_eq!(ready["models"].as_array().unwrap().len(), 6);
 
     app.post_json(
