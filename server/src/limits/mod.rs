@@ -226,8 +226,9 @@ impl Limiter {
 
     /// Admit a request costing `tokens` (its worst case) against every subject, or refuse it.
     pub async fn acquire(&self, subjects: &[Subject], tokens: u64) -> Outcome {
-        let lease = uuid::Uuid::new_v4().simple().to_string();
         if let Some(redis) = self.redis() {
+            // Only a shared concurrency slot needs a name of its own.
+            let lease = uuid::Uuid::new_v4().simple().to_string();
             match redis.acquire(subjects, tokens, &lease).await {
                 Ok(outcome) => {
                     self.redis_ok();
@@ -236,7 +237,7 @@ impl Limiter {
                 Err(err) => self.redis_failed(&err),
             }
         }
-        self.local.acquire(subjects, tokens, lease)
+        self.local.acquire(subjects, tokens, String::new())
     }
 
     /// End a request: return the tokens it did not use (`used` may exceed the reservation, then
