@@ -43,7 +43,8 @@ run_load() { # label url model [api key]
 {
   echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) cores, model $(basename "$MODEL"), max_tokens $MAX_TOKENS, $REQUESTS requests per level"
   DB=$(mktemp -d)/aiaas.db
-  "$AIAAS" serve --bind 127.0.0.1:18181 --model bench="$MODEL" --database-url "sqlite://$DB" \
+  AIAAS__LEDGER__JOURNAL_DIR="$(dirname "$DB")/journal" "$AIAAS" serve --bind 127.0.0.1:18181 \
+    --model bench="$MODEL" --database-url "sqlite://$DB" \
     >"$OUT/aiaas.out" 2>"$OUT/aiaas.log" &
   pids+=($!)
   wait_ready http://127.0.0.1:18181/ready

@@ -41,7 +41,7 @@ start() { # port name env...
   local db
   db=$(mktemp -d)/aiaas.db
   echo "sqlite://$db" >"$OUT/limits-e2e-$name.db"
-  env "$@" "$AIAAS" serve --bind 127.0.0.1:"$port" --model bench="$MODEL_DIR" --database-url "sqlite://$db" \
+  env AIAAS__LEDGER__JOURNAL_DIR="$(dirname "$db")/journal" "$@" "$AIAAS" serve --bind 127.0.0.1:"$port" --model bench="$MODEL_DIR" --database-url "sqlite://$db" \
     >"$OUT/limits-e2e-$name.out" 2>"$OUT/limits-e2e-$name.log" &
   pids+=($!)
 }

@@ -151,7 +151,7 @@ pub async fn set_budget(
             "a budget must be a positive number of tokens",
         ));
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let key_id = match key_public_id {
         Some(public_id) => {
             let key =
@@ -216,7 +216,7 @@ pub async fn delete_budget(
     if !scope.covers(tenant_id) {
         return Err(AdminError::NotFound("tenant"));
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let key_id = match key_public_id {
         Some(public_id) => Some(
             crate::keys::find_key_in_scope(&txn, Scope::Tenant(tenant_id), public_id)

@@ -5,8 +5,8 @@ use std::time::Duration;
 use aiaas_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,4 +74,17 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
         .await?;
     Migrator::up(&txn, None).await?;
     txn.commit().await
+}
+
+/// Begin a transaction that will write. On SQLite it takes the write lock at once (a no-op
+/// `UPDATE`), so a transaction that reads before it writes waits its turn (busy timeout) instead
+/// of failing with "database is locked" when another connection wrote in between; the ledger
+/// writer makes that window frequent. On PostgreSQL it is a plain `BEGIN`.
+pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        txn.execute_unprepared("UPDATE tenants SET id = id WHERE 0")
+            .await?;
+    }
+    Ok(txn)
 }

@@ -166,7 +166,7 @@ pub async fn insert_jwt_key(
     decoding_key(&row)?;
     let mut row = row.into_active_model().reset_all();
     row.id = sea_orm::ActiveValue::NotSet;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let created = row.insert(&txn).await?;
     audit::insert_event(
         &txn,
@@ -212,7 +212,7 @@ pub async fn set_jwt_key_enabled(
     enabled: bool,
     actor: &Actor,
 ) -> Result<jwt_key::Model> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let row = find_jwt_key(&txn, kid)
         .await?
         .filter(|k| matches!(k.tenant_id, Some(t) if scope.covers(t)))
@@ -245,7 +245,7 @@ pub async fn set_jwt_key_enabled(
 /// The server's own signing key, created on first use (shared by every replica through the
 /// database, so a token minted by one verifies on all).
 pub async fn ensure_platform_key(db: &impl TransactionTrait) -> Result<jwt_key::Model> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let existing = jwt_key::Entity::find()
         .filter(jwt_key::Column::TenantId.is_null())
         .filter(jwt_key::Column::Enabled.eq(true))

@@ -132,7 +132,7 @@ pub async fn insert_key(
     let public_id = random_id(PUBLIC_ID_LEN);
     let secret = random_secret();
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let key = api_key::ActiveModel {
         public_id: Set(public_id.clone()),
         secret_hash: Set(hex(&hash_secret(&secret))),
@@ -218,7 +218,7 @@ pub async fn revoke_key(
     public_id: &str,
     actor: &Actor,
 ) -> Result<api_key::Model> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let key = find_key_in_scope(&txn, scope, public_id).await?;
     if key.revoked_at.is_some() {
         txn.commit().await?;

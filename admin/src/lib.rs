@@ -11,8 +11,10 @@ pub mod entity;
 pub mod error;
 pub mod jwt_keys;
 pub mod keys;
+pub mod ledger;
 pub mod limits;
 pub mod policy;
+pub mod prices;
 pub mod tenants;
 pub mod users;
 

@@ -134,7 +134,7 @@ pub async fn update_key_limits(
     change: LimitsChange,
     actor: &Actor,
 ) -> Result<Limits> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let key = crate::keys::find_key_in_scope(&txn, scope, public_id).await?;
     let limits = change.apply(Limits::from_key(&key));
     limits.validate()?;
@@ -172,7 +172,7 @@ pub async fn update_tenant_limits(
     if !scope.covers(tenant_id) {
         return Err(AdminError::NotFound("tenant"));
     }
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let tenant = tenant::Entity::find_by_id(tenant_id)
         .one(&txn)
         .await?

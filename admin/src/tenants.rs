@@ -33,7 +33,7 @@ pub async fn insert_tenant(
     actor: &Actor,
 ) -> Result<tenant::Model> {
     validate_name(name)?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     if find_tenant_by_name(&txn, name).await?.is_some() {
         return Err(AdminError::Conflict(format!(
             "tenant `{name}` already exists"

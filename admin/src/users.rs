@@ -109,7 +109,7 @@ pub async fn insert_user(
         ));
     }
     let hash = hash_password(&new.password)?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     if find_user_by_email(&txn, &email).await?.is_some() {
         return Err(AdminError::Conflict(format!(
             "a user with e-mail `{email}` already exists"

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_tenancy;
 mod m20261124_000001_limits_budgets;
+mod m20261124_000002_ledger;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_tenancy::Migration),
             Box::new(m20261124_000001_limits_budgets::Migration),
+            Box::new(m20261124_000002_ledger::Migration),
         ]
     }
 }

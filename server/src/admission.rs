@@ -12,6 +12,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpMessage;
 use aiaas_admin::auth::Caller;
 use aiaas_admin::budgets::{Exhausted, Reservation};
+use aiaas_admin::ledger::{Ledger, UsageEvent};
 use aiaas_admin::policy::Policies;
 use aiaas_engine::{Usage, UsageMeter};
 use tokio::sync::Notify;
@@ -66,6 +67,31 @@ pub struct Gate {
     pub policies: Policies,
     pub pending: Pending,
     pub metrics: Metrics,
+    pub ledger: Ledger,
+}
+
+/// What the ledger will say about a request, known at admission.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub model: String,
+    pub endpoint: &'static str,
+    pub stream: bool,
+    /// The request's `user` field (a JWT `sub` takes precedence).
+    pub user: Option<String>,
+}
+
+/// The request id the middleware gave this request (`x-request-id`).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn of(req: &actix_web::HttpRequest) -> String {
+        req.extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()))
+    }
 }
 
 impl Gate {
@@ -94,15 +120,21 @@ impl Gate {
 
     /// Admit a request whose worst case in tokens `estimate` computes (called only when a token
     /// limit or a budget needs it), or refuse it with 429.
-    pub async fn admit<F>(&self, caller: &Caller, estimate: F) -> Result<Admitted, ApiError>
+    pub async fn admit<F>(
+        &self,
+        caller: &Caller,
+        meta: RequestMeta,
+        estimate: F,
+    ) -> Result<Admitted, ApiError>
     where
         F: std::future::Future<Output = Result<u64, ApiError>>,
     {
+        let draft = Draft::new(caller, meta);
         let subjects = self.subjects(caller);
         let budgets = self.policies.budgets_for(caller.tenant_id, caller.key_id);
         let counts_tokens = !budgets.is_empty() || subjects.iter().any(|s| s.limits.tpm.is_some());
         if subjects.is_empty() && budgets.is_empty() {
-            return Ok(Admitted::free(self.clone()));
+            return Ok(Admitted::free(self.clone(), draft));
         }
         let tokens = if counts_tokens { estimate.await? } else { 0 };
         let (grant, headers) = match self.limiter.acquire(&subjects, tokens).await {
@@ -148,8 +180,53 @@ impl Gate {
             headers: Some(headers),
             tokens,
             meters: Vec::new(),
-            settled: false,
+            draft: Some(draft),
+            failed: None,
         })
+    }
+}
+
+/// The usage event of a request, before its outcome is known.
+struct Draft {
+    meta: RequestMeta,
+    tenant_id: Option<i64>,
+    key_id: Option<i64>,
+    end_user: Option<String>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    first_token_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Draft {
+    fn new(caller: &Caller, meta: RequestMeta) -> Self {
+        let anonymous = caller.credential == aiaas_admin::auth::Credential::Anonymous;
+        Self {
+            tenant_id: (!anonymous).then_some(caller.tenant_id),
+            key_id: caller.key_id,
+            end_user: caller.subject.clone().or_else(|| meta.user.clone()),
+            meta,
+            started_at: chrono::Utc::now(),
+            first_token_at: None,
+        }
+    }
+
+    fn event(self, usage: Usage, status: &str, http_status: u16) -> UsageEvent {
+        UsageEvent {
+            request_id: self.meta.request_id,
+            tenant_id: self.tenant_id,
+            key_id: self.key_id,
+            end_user: self.end_user,
+            model: self.meta.model,
+            endpoint: self.meta.endpoint.to_string(),
+            prompt_tokens: usage.prompt_tokens as i64,
+            completion_tokens: usage.completion_tokens as i64,
+            cached_tokens: None,
+            status: status.to_string(),
+            http_status: i32::from(http_status),
+            stream: self.meta.stream,
+            started_at: self.started_at,
+            first_token_at: self.first_token_at,
+            finished_at: chrono::Utc::now(),
+        }
     }
 }
 
@@ -170,7 +247,8 @@ fn quota_message(e: &Exhausted) -> String {
     )
 }
 
-/// An admitted request: settles exactly once (finish, abandon, or drop).
+/// An admitted request: settles exactly once (finish, abandon, or drop), and records its usage
+/// event in the ledger at that moment.
 pub struct Admitted {
     gate: Gate,
     grant: Option<Grant>,
@@ -179,11 +257,14 @@ pub struct Admitted {
     /// The worst case reserved.
     tokens: u64,
     meters: Vec<UsageMeter>,
-    settled: bool,
+    /// `None` once settled.
+    draft: Option<Draft>,
+    /// The HTTP status of an error the request ended with after its response began.
+    failed: Option<u16>,
 }
 
 impl Admitted {
-    fn free(gate: Gate) -> Self {
+    fn free(gate: Gate, draft: Draft) -> Self {
         Self {
             gate,
             grant: None,
@@ -191,7 +272,8 @@ impl Admitted {
             headers: None,
             tokens: 0,
             meters: Vec::new(),
-            settled: true,
+            draft: Some(draft),
+            failed: None,
         }
     }
 
@@ -204,15 +286,33 @@ impl Admitted {
         self.meters.push(meter);
     }
 
-    /// The request finished: charge what it used.
-    pub fn finish(&mut self, usage: Usage) {
-        self.settle(usage.total_tokens() as u64, false);
+    /// The first token went out (once; later calls change nothing).
+    pub fn first_token(&mut self) {
+        if let Some(draft) = &mut self.draft {
+            draft.first_token_at.get_or_insert_with(chrono::Utc::now);
+        }
     }
 
-    /// Nothing ran (refused by the engine, or dropped from the queue): charge nothing and give the
-    /// request back.
-    pub fn abandon(&mut self) {
-        self.settle(0, true);
+    /// The request ended with an error after its response began (an SSE error event): it is
+    /// recorded with this status and charged what the engine metered when it is dropped.
+    pub fn fail(&mut self, http_status: u16) {
+        self.failed.get_or_insert(http_status);
+    }
+
+    /// The request finished: charge what it used.
+    pub fn finish(&mut self, usage: Usage) {
+        self.settle(usage, "ok", 200, false);
+    }
+
+    /// Nothing ran (refused by the engine, or dropped from the queue): charge nothing, give the
+    /// request back, and record the refusal.
+    pub fn abandon(&mut self, http_status: u16) {
+        let status = match http_status {
+            503 => "rejected",
+            504 => "timeout",
+            _ => "error",
+        };
+        self.settle(Usage::default(), status, http_status, true);
     }
 
     /// Put the `x-ratelimit-*` headers of this admission on a response.
@@ -223,13 +323,21 @@ impl Admitted {
         response
     }
 
-    fn settle(&mut self, used: u64, refund_request: bool) {
-        if std::mem::replace(&mut self.settled, true) {
+    fn settle(&mut self, usage: Usage, status: &str, http_status: u16, refund_request: bool) {
+        let Some(draft) = self.draft.take() else {
             return;
-        }
+        };
+        // The event is durable (journaled) before anything else happens.
+        self.gate
+            .ledger
+            .record(&draft.event(usage, status, http_status));
+        let used = usage.total_tokens() as u64;
         let gate = self.gate.clone();
         let grant = self.grant.take();
         let reservations = std::mem::take(&mut self.reservations);
+        if grant.is_none() && reservations.is_empty() {
+            return;
+        }
         if used > self.tokens && !reservations.is_empty() {
             tracing::warn!(
                 used,
@@ -262,20 +370,28 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if self.settled {
+        if self.draft.is_none() {
             return;
         }
-        // Ended without a final count (client gone mid-request): charge what the engine did, or
-        // the reserved worst case when nothing was metered.
-        let used = if self.meters.is_empty() {
-            self.tokens
+        // Ended without a final count (client gone, or an error mid-stream): charge what the
+        // engine did, or the reserved worst case when nothing was metered.
+        let usage = if self.meters.is_empty() {
+            Usage {
+                prompt_tokens: self.tokens as usize,
+                completion_tokens: 0,
+            }
         } else {
-            self.meters
-                .iter()
-                .map(|m| m.usage().total_tokens() as u64)
-                .sum()
+            self.meters.iter().fold(Usage::default(), |mut sum, m| {
+                let u = m.usage();
+                sum.prompt_tokens += u.prompt_tokens;
+                sum.completion_tokens += u.completion_tokens;
+                sum
+            })
         };
-        self.settle(used, false);
+        match self.failed {
+            Some(code) => self.settle(usage, "error", code, false),
+            None => self.settle(usage, "cancelled", 499, false),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use aiaas_admin::auth::AuthSettings;
 use aiaas_admin::db::DatabaseSettings;
+use aiaas_admin::ledger::LedgerSettings;
 use aiaas_engine::{EngineConfig, ModelSpec};
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -17,6 +18,7 @@ pub struct Config {
     pub limits: RequestLimits,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
+    pub ledger: LedgerSettings,
     pub engine: EngineConfig,
     pub models: Vec<ModelSpec>,
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpServer};
 use aiaas_admin::auth::Authenticator;
+use aiaas_admin::ledger::Ledger;
 use aiaas_admin::policy::{Policies, PolicySettings};
 use aiaas_engine::Engine;
 use anyhow::Context;
@@ -83,12 +84,15 @@ impl Application {
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
+        let ledger = Ledger::start(db.clone(), config.ledger.clone())
+            .context("opening the usage journal (ledger.journal_dir)")?;
         let metrics = Metrics::new().context("metrics registry")?;
         let gate = Gate {
             limiter,
             policies,
             pending: Pending::default(),
             metrics: metrics.clone(),
+            ledger,
         };
         let state = AppState::new(
             config.limits.clone(),
@@ -151,6 +155,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.serving.await.context("server task")??;
         self.state.gate.pending.drain(Duration::from_secs(10)).await;
+        self.state.gate.ledger.drain(Duration::from_secs(30)).await;
         if let Some(auth) = &self.state.auth {
             if let Err(err) = auth.flush_last_used().await {
                 tracing::warn!(error = %err, "writing last_used_at at shutdown failed");
@@ -176,6 +181,8 @@ fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Resul
                 let method = req.method().clone();
                 let path = req.path().to_string();
                 let request_id = uuid::Uuid::new_v4().simple().to_string();
+                req.extensions_mut()
+                    .insert(crate::admission::RequestId(format!("req_{request_id}")));
                 let fut = srv.call(req);
                 async move {
                     let mut res = fut.await?;

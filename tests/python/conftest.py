@@ -49,8 +49,9 @@ def start_server(extra_args=(), env=None):
         *extra_args,
     ]
     stderr = tempfile.TemporaryFile(mode="w+")
+    journal = tempfile.mkdtemp(prefix="aiaas-pytest-journal-")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, "AIAAS__LEDGER__JOURNAL_DIR": journal, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     # The first start on an empty database prints the first API key as a line of its own.
     key = None

@@ -226,7 +226,9 @@ pub fn spawn_app() -> TestApp {
                 .expect("runtime");
             runtime.block_on(async move {
                 let db = TestDb::default_backend().fresh_url();
-                let app = Application::build(test_config_on(standard_models(), &db))
+                let mut config = test_config_on(standard_models(), &db);
+                own_journal(&mut config);
+                let app = Application::build(config)
                     .await
                     .expect("test server starts");
                 let key = app
@@ -251,7 +253,8 @@ pub fn spawn_app() -> TestApp {
 }
 
 /// Start a server of its own (in the calling test's runtime) with `config`.
-pub async fn spawn_custom(config: Config) -> (TestApp, aiaas_server::Application) {
+pub async fn spawn_custom(mut config: Config) -> (TestApp, aiaas_server::Application) {
+    own_journal(&mut config);
     let database_url = config.database.url.clone();
     let app = Application::build(config)
         .await
@@ -263,6 +266,19 @@ pub async fn spawn_custom(config: Config) -> (TestApp, aiaas_server::Application
         database_url,
     };
     (test, app)
+}
+
+/// Every server gets a journal directory of its own (a journal is locked by its server), unless
+/// the test chose one.
+fn own_journal(config: &mut Config) {
+    if config.ledger.journal_dir == aiaas_admin::ledger::LedgerSettings::default().journal_dir {
+        config.ledger.journal_dir = fresh_journal_dir();
+    }
+}
+
+/// A new, empty directory for one server's usage journal.
+pub fn fresh_journal_dir() -> PathBuf {
+    scratch_dir().join(format!("journal-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// The databases a test can run against.
@@ -458,6 +474,7 @@ pub async fn spawn_process(database_url: &str, env: &[(&str, String)], key: &str
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .args(["--database-url", database_url, "--model", &model])
         .env("AIAAS__AUTH__REFRESH_INTERVAL_MS", "100")
+        .env("AIAAS__LEDGER__JOURNAL_DIR", fresh_journal_dir())
         .env("AIAAS__SERVER__WORKERS", "2")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

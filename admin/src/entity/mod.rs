@@ -6,5 +6,8 @@ pub mod budget;
 pub mod budget_reservation;
 pub mod budget_usage;
 pub mod jwt_key;
+pub mod model_price;
 pub mod tenant;
+pub mod usage_event;
+pub mod usage_rollup;
 pub mod user;

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use aiaas_engine::{Engine, GenerationEvent, ModelKind};
 use futures::StreamExt;
 
-use crate::admission::insert_rate_headers;
+use crate::admission::{insert_rate_headers, RequestId, RequestMeta};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -36,9 +36,16 @@ pub async fn create_chat_completion(
     engine.require_kind(&request.model, &[ModelKind::Chat], "/v1/chat/completions")?;
     caller.require_model(&request.model)?;
     let deadline = state.queue_deadline(&req);
+    let meta = RequestMeta {
+        request_id: RequestId::of(&req),
+        model: request.model.clone(),
+        endpoint: "/v1/chat/completions",
+        stream: options.stream,
+        user: options.user.clone(),
+    };
     let mut admitted = state
         .gate
-        .admit(&caller.0, worst_case(engine, &request))
+        .admit(&caller.0, meta, worst_case(engine, &request))
         .await?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/chat/completions", &model, started);
@@ -93,6 +100,7 @@ pub async fn create_chat_completion(
                 if first_token {
                     first_token = false;
                     observed.first_token();
+                    admitted.first_token();
                 }
                 Some(SseEvent::json(&chunks.content(
                     index,
@@ -117,6 +125,7 @@ pub async fn create_chat_completion(
             Err(err) => {
                 let err = ApiError::from(err);
                 observed.finish(err.status.as_u16());
+                admitted.fail(err.status.as_u16());
                 Some(SseEvent::Error(err))
             }
         };

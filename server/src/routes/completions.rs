@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use aiaas_engine::{Engine, GenerationEvent, ModelKind, Usage};
 use futures::StreamExt;
 
-use crate::admission::insert_rate_headers;
+use crate::admission::{insert_rate_headers, RequestId, RequestMeta};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -50,7 +50,14 @@ pub async fn create_completion(
         }
         Ok(total)
     };
-    let mut admitted = state.gate.admit(&caller.0, estimate).await?;
+    let meta = RequestMeta {
+        request_id: RequestId::of(&req),
+        model: model.clone(),
+        endpoint: "/v1/completions",
+        stream: options.stream,
+        user: options.user.clone(),
+    };
+    let mut admitted = state.gate.admit(&caller.0, meta, estimate).await?;
     let observed = Observed::new(&state, "/v1/completions", &model, started);
     let n = requests[0].sampling.n;
     let factory = CompletionFactory {
@@ -124,6 +131,7 @@ pub async fn create_completion(
                 if first_token {
                     first_token = false;
                     observed.first_token();
+                    admitted.first_token();
                 }
                 let i = p * n + index;
                 let lp = logprobs.then(|| {
@@ -156,6 +164,7 @@ pub async fn create_completion(
             Err(err) => {
                 let err = ApiError::from(err);
                 observed.finish(err.status.as_u16());
+                admitted.fail(err.status.as_u16());
                 Some(SseEvent::Error(err))
             }
         };

@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use aiaas_engine::ModelKind;
 
+use crate::admission::{RequestId, RequestMeta};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -23,12 +24,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 pub async fn create_embeddings(
+    req: HttpRequest,
     caller: Authenticated,
     state: web::Data<AppState>,
     WireJson(body): WireJson<CreateEmbeddingRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let (request, format, _user) = body.validate(&state.limits)?;
+    let (request, format, user) = body.validate(&state.limits)?;
     let engine = state.engine()?;
     engine.require_kind(&request.model, &[ModelKind::Embedding], "/v1/embeddings")?;
     caller.require_model(&request.model)?;
@@ -38,14 +40,21 @@ pub async fn create_embeddings(
             .await?;
         Ok(tokens as u64)
     };
-    let mut admitted = state.gate.admit(&caller.0, estimate).await?;
+    let meta = RequestMeta {
+        request_id: RequestId::of(&req),
+        model: request.model.clone(),
+        endpoint: "/v1/embeddings",
+        stream: false,
+        user,
+    };
+    let mut admitted = state.gate.admit(&caller.0, meta, estimate).await?;
     let model = request.model.clone();
     let observed = Observed::new(&state, "/v1/embeddings", &model, started);
     let result = match engine.embed(request).await {
         Ok(result) => result,
         Err(err) => {
-            admitted.abandon();
             let err = ApiError::from(err);
+            admitted.abandon(err.status.as_u16());
             observed.finish(err.status.as_u16());
             return Err(err);
         }

@@ -130,7 +130,6 @@ pub async fn start_generation(
             Ok(stream)
         }
         Err(err) => {
-            admitted.abandon();
             match &err {
                 EngineError::Overloaded => {
                     tracing::warn!(model = %model, "engine queue full: request refused");
@@ -143,6 +142,7 @@ pub async fn start_generation(
                 _ => {}
             }
             let err = ApiError::from(err);
+            admitted.abandon(err.status.as_u16());
             observed.finish(err.status.as_u16());
             Err(err)
         }

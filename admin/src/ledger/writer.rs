@@ -1,0 +1,247 @@
+//! The ledger writer: journal → database in batches. Each batch is one transaction: the events
+//! not yet in `usage_events` (idempotent on the request id, so a replay writes nothing twice),
+//! priced at the price in force when each request started, and their sums added to the hourly
+//! and daily rollups.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, Utc};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set};
+use tokio::sync::watch;
+
+use super::{Inner, LedgerSettings, UsageEvent};
+use crate::entity::{model_price, usage_event, usage_rollup};
+use crate::error::Result;
+use crate::prices;
+
+/// What one batch changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: usize,
+    pub duplicates: usize,
+}
+
+type RollupKey = (
+    &'static str,
+    DateTime<Utc>,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+);
+
+#[derive(Default)]
+struct Sums {
+    requests: i64,
+    errors: i64,
+    prompt: i64,
+    completion: i64,
+    cost: i64,
+}
+
+fn bucket(at: DateTime<Utc>, granularity: &'static str) -> DateTime<Utc> {
+    let step = if granularity == "hour" {
+        chrono::Duration::hours(1)
+    } else {
+        chrono::Duration::days(1)
+    };
+    at.duration_trunc(step).unwrap_or(at)
+}
+
+/// Write a batch of events (and their rollups) in one transaction.
+pub async fn write_batch(
+    db: &DatabaseConnection,
+    events: &[UsageEvent],
+    prices: &[model_price::Model],
+) -> Result<Written> {
+    let txn = crate::db::begin_write(db).await?;
+    let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
+    let mut known: HashSet<String> = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let rows: Vec<String> = usage_event::Entity::find()
+            .select_only()
+            .column(usage_event::Column::RequestId)
+            .filter(usage_event::Column::RequestId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        known.extend(rows);
+    }
+    let mut written = Written::default();
+    let mut rows = Vec::new();
+    let mut sums: HashMap<RollupKey, Sums> = HashMap::new();
+    for event in events {
+        if !known.insert(event.request_id.clone()) {
+            written.duplicates += 1;
+            continue;
+        }
+        let price = prices::price_at(prices, &event.model, event.started_at);
+        let cost = price.map_or(0, |p| {
+            prices::cost_micros(p, event.prompt_tokens, event.completion_tokens)
+        });
+        for granularity in ["hour", "day"] {
+            let key = (
+                granularity,
+                bucket(event.started_at, granularity),
+                event.tenant_id.unwrap_or(0),
+                event.key_id.unwrap_or(0),
+                event.model.clone(),
+                event.end_user.clone().unwrap_or_default(),
+                event.endpoint.clone(),
+            );
+            let s = sums.entry(key).or_default();
+            s.requests += 1;
+            s.errors += i64::from(event.status != "ok");
+            s.prompt += event.prompt_tokens;
+            s.completion += event.completion_tokens;
+            s.cost += cost;
+        }
+        rows.push(usage_event::ActiveModel {
+            request_id: Set(event.request_id.clone()),
+            tenant_id: Set(event.tenant_id),
+            key_id: Set(event.key_id),
+            end_user: Set(event.end_user.clone()),
+            model: Set(event.model.clone()),
+            endpoint: Set(event.endpoint.clone()),
+            prompt_tokens: Set(event.prompt_tokens),
+            completion_tokens: Set(event.completion_tokens),
+            total_tokens: Set(event.prompt_tokens + event.completion_tokens),
+            cached_tokens: Set(event.cached_tokens),
+            status: Set(event.status.clone()),
+            http_status: Set(event.http_status),
+            stream: Set(event.stream),
+            started_at: Set(event.started_at),
+            first_token_at: Set(event.first_token_at),
+            finished_at: Set(event.finished_at),
+            cost_micros: Set(cost),
+            price_id: Set(price.map(|p| p.id)),
+            ..Default::default()
+        });
+        written.inserted += 1;
+    }
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(500));
+        usage_event::Entity::insert_many(std::mem::replace(&mut rows, rest))
+            .exec(&txn)
+            .await?;
+    }
+    for ((granularity, start, tenant, key, model, user, endpoint), s) in sums {
+        let row = usage_rollup::ActiveModel {
+            granularity: Set(granularity.to_string()),
+            bucket_start: Set(start),
+            tenant_id: Set(tenant),
+            key_id: Set(key),
+            model: Set(model),
+            end_user: Set(user),
+            endpoint: Set(endpoint),
+            requests: Set(s.requests),
+            errors: Set(s.errors),
+            prompt_tokens: Set(s.prompt),
+            completion_tokens: Set(s.completion),
+            cost_micros: Set(s.cost),
+            ..Default::default()
+        };
+        let add = |col: &str| Expr::cust(format!("usage_rollups.{col} + excluded.{col}"));
+        usage_rollup::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([
+                    usage_rollup::Column::Granularity,
+                    usage_rollup::Column::BucketStart,
+                    usage_rollup::Column::TenantId,
+                    usage_rollup::Column::KeyId,
+                    usage_rollup::Column::Model,
+                    usage_rollup::Column::EndUser,
+                    usage_rollup::Column::Endpoint,
+                ])
+                .value(usage_rollup::Column::Requests, add("requests"))
+                .value(usage_rollup::Column::Errors, add("errors"))
+                .value(usage_rollup::Column::PromptTokens, add("prompt_tokens"))
+                .value(
+                    usage_rollup::Column::CompletionTokens,
+                    add("completion_tokens"),
+                )
+                .value(usage_rollup::Column::CostMicros, add("cost_micros"))
+                .to_owned(),
+            )
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(written)
+}
+
+/// The writer task: runs until the ledger is dropped, then finishes what is journaled.
+pub(super) async fn run(
+    inner: Weak<Inner>,
+    db: DatabaseConnection,
+    settings: LedgerSettings,
+    flushed: watch::Sender<u64>,
+) {
+    let Some(start) = inner.upgrade().map(|i| i.journal.checkpoint()) else {
+        return;
+    };
+    let mut offset = start;
+    let mut failing = false;
+    let interval = Duration::from_millis(settings.flush_interval_ms.max(1));
+    loop {
+        let Some(ledger) = inner.upgrade() else {
+            return;
+        };
+        let (events, next) = match ledger.journal.read_from(offset, settings.batch_size.max(1)) {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::error!(error = %err, "ledger: reading the journal failed");
+                (Vec::new(), offset)
+            }
+        };
+        if next == offset {
+            match ledger.journal.rotate(offset, settings.rotate_bytes) {
+                Ok(true) => offset = 0,
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err, "ledger: rotating the journal failed"),
+            }
+            flushed.send_replace(ledger.journal.position(offset));
+            let _ = tokio::time::timeout(interval, ledger.wake.notified()).await;
+            continue;
+        }
+        if let Err(err) = ledger.journal.sync() {
+            tracing::warn!(error = %err, "ledger: fsync of the journal failed");
+        }
+        let result = match prices::list_prices(&db).await {
+            Ok(prices) => write_batch(&db, &events, &prices).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(written) => {
+                if failing {
+                    tracing::info!("ledger: the database takes events again");
+                    failing = false;
+                }
+                if written.duplicates > 0 {
+                    tracing::debug!(
+                        duplicates = written.duplicates,
+                        "ledger: replayed events were already written"
+                    );
+                }
+                if let Err(err) = ledger.journal.commit(next) {
+                    tracing::warn!(error = %err, "ledger: saving the checkpoint failed");
+                }
+                offset = next;
+                flushed.send_replace(ledger.journal.position(offset));
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::error!(error = %err,
+                        "ledger: the database refuses events; keeping them in the journal");
+                    failing = true;
+                }
+                drop(ledger);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
