@@ -16,6 +16,7 @@ pub mod limits;
 pub mod policy;
 pub mod prices;
 pub mod tenants;
+pub mod usage;
 pub mod users;
 
 pub use error::{AdminError, Result};

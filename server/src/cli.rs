@@ -42,6 +42,59 @@ pub enum Command {
     /// Manage spend budgets of tenants and keys.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Manage model prices (per million tokens, in the operator's currency).
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Usage for finance.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PriceCommand {
+    /// Set a model's price from now (or a later --from) on; earlier usage keeps its price.
+    Set {
+        model: String,
+        /// Per million prompt tokens, e.g. 0.15 (at most 6 decimals).
+        #[arg(long)]
+        input: String,
+        /// Per million completion tokens.
+        #[arg(long)]
+        output: String,
+        /// When the price starts (a date or an RFC 3339 time, not in the past); default now.
+        #[arg(long)]
+        from: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Every price, with its start.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Usage between two dates from the rollups, grouped, as CSV (RFC 4180) or JSON on stdout.
+    Export {
+        /// First day (or hour, with --group-by hour), included: 2026-11-01 or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End, excluded.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Comma-separated: hour or day, tenant, key, model, user, endpoint.
+        #[arg(long, default_value = "day,tenant,key,model")]
+        group_by: String,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 /// A limit on the command line: a positive number, or `none` to remove it.

@@ -11,7 +11,8 @@ use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{
-    BudgetCommand, DbArgs, JwtKeyCommand, KeyCommand, MigrateArgs, TenantCommand, UserCommand,
+    BudgetCommand, DbArgs, JwtKeyCommand, KeyCommand, MigrateArgs, PriceCommand, TenantCommand,
+    UsageCommand, UserCommand,
 };
 
 async fn open(db: &DbArgs) -> anyhow::Result<DatabaseConnection> {
@@ -401,6 +402,88 @@ pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
                 "deleted the budget of {}",
                 key.as_deref().unwrap_or(&tenant.name)
             );
+        }
+    }
+    Ok(())
+}
+
+pub async fn price(command: PriceCommand) -> anyhow::Result<()> {
+    use aiaas_admin::prices;
+    match command {
+        PriceCommand::Set {
+            model,
+            input,
+            output,
+            from,
+            db,
+        } => {
+            let input = prices::parse_micros(&input)?;
+            let output = prices::parse_micros(&output)?;
+            let from = from
+                .map(|f| aiaas_admin::usage::parse_time(&f))
+                .transpose()?;
+            let conn = open(&db).await?;
+            let saved =
+                prices::insert_price(&conn, &model, input, output, from, &Actor::cli()).await?;
+            println!(
+                "{}\t{}\tinput {} output {} per million tokens from {}",
+                saved.id,
+                saved.model,
+                prices::format_micros(saved.input_micros_per_mtok),
+                prices::format_micros(saved.output_micros_per_mtok),
+                when(Some(saved.effective_from))
+            );
+        }
+        PriceCommand::List { db } => {
+            let conn = open(&db).await?;
+            println!("id\tmodel\tinput_per_mtok\toutput_per_mtok\teffective_from");
+            for p in prices::list_prices(&conn).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.id,
+                    p.model,
+                    prices::format_micros(p.input_micros_per_mtok),
+                    prices::format_micros(p.output_micros_per_mtok),
+                    when(Some(p.effective_from))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn usage(command: UsageCommand) -> anyhow::Result<()> {
+    use aiaas_admin::usage::{self as ledger_usage, ExportQuery, GroupBy};
+    match command {
+        UsageCommand::Export {
+            from,
+            to,
+            tenant,
+            group_by,
+            format,
+            db,
+        } => {
+            if format != "csv" && format != "json" {
+                bail!("--format must be csv or json");
+            }
+            let group_by = GroupBy::parse_list(&group_by)?;
+            let conn = open(&db).await?;
+            let tenant_id = match tenant {
+                Some(name) => Some(tenants::require_tenant(&conn, &name).await?.id),
+                None => None,
+            };
+            let query = ExportQuery {
+                from: ledger_usage::parse_time(&from)?,
+                to: ledger_usage::parse_time(&to)?,
+                tenant_id,
+                group_by: group_by.clone(),
+            };
+            let rows = ledger_usage::export(&conn, &query).await?;
+            if format == "csv" {
+                print!("{}", ledger_usage::to_csv(&group_by, &rows));
+            } else {
+                println!("{}", ledger_usage::to_json(&group_by, &rows));
+            }
         }
     }
     Ok(())

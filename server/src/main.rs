@@ -62,6 +62,14 @@ async fn main() -> anyhow::Result<()> {
             init_tracing("text", "warn");
             commands::budget(command).await
         }
+        Command::Price(command) => {
+            init_tracing("text", "warn");
+            commands::price(command).await
+        }
+        Command::Usage(command) => {
+            init_tracing("text", "warn");
+            commands::usage(command).await
+        }
     }
 }
 

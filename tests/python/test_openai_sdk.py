@@ -250,3 +250,53 @@ def test_an_exhausted_budget_raises_insufficient_quota_and_the_sdk_does_not_retr
     assert _refusals(server, "budget") - before == 1, "x-should-retry: false stops the SDK's retries"
     listed = aiaas("budget", "list", "--tenant", "default", database_url=server.database_url)
     assert listed.split("\t")[1] == key_id and listed.split("\t")[7] == "0"
+
+
+def test_the_ledger_reconciles_with_the_usage_every_client_received(server):
+    """A mixed workload through the SDK; the ledger holds, per request id, exactly the usage the
+    SDK returned (streams with and without the usage chunk, completions, embeddings, an error)."""
+    import sqlite3
+    import time
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base + "/v1", api_key=server.key, max_retries=0)
+    told = {}
+    r = client.chat.completions.with_raw_response.create(model=CHAT, messages=MESSAGES, max_tokens=4, temperature=0)
+    told[r.headers["x-request-id"]] = (r.parse().usage.prompt_tokens, r.parse().usage.completion_tokens)
+    with client.chat.completions.with_streaming_response.create(
+            model=CHAT, messages=MESSAGES, max_tokens=5, temperature=0, stream=True,
+            stream_options={"include_usage": True}) as r:
+        usage = [c.usage for c in r.parse() if c.usage][0]
+        told[r.headers["x-request-id"]] = (usage.prompt_tokens, usage.completion_tokens)
+    # Without the usage chunk, the client counts what it can: the ledger still has the engine's.
+    with client.chat.completions.with_streaming_response.create(
+            model=CHAT, messages=MESSAGES, max_tokens=3, temperature=0, stream=True) as r:
+        for _ in r.parse():
+            pass
+        silent = r.headers["x-request-id"]
+    r = client.completions.with_raw_response.create(model=GGUF, prompt=["a", "b"], max_tokens=3, temperature=0)
+    told[r.headers["x-request-id"]] = (r.parse().usage.prompt_tokens, r.parse().usage.completion_tokens)
+    r = client.embeddings.with_raw_response.create(model=BERT, input=["one", "two", "three"])
+    told[r.headers["x-request-id"]] = (r.parse().usage.prompt_tokens, 0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=CHAT, prompt="word " * 2000, max_tokens=2)
+    failed = err.value.response.headers["x-request-id"]
+
+    path = server.database_url.removeprefix("sqlite://")
+    wanted = set(told) | {silent, failed}
+    deadline = time.monotonic() + 20
+    while True:
+        with sqlite3.connect(path) as db:
+            marks = ",".join("?" * len(wanted))
+            rows = {row[0]: row[1:] for row in db.execute(
+                f"SELECT request_id, prompt_tokens, completion_tokens, status, http_status FROM usage_events "
+                f"WHERE request_id IN ({marks})", sorted(wanted))}
+        if len(rows) == len(wanted):
+            break
+        assert time.monotonic() < deadline, f"recorded {len(rows)} of {len(wanted)}"
+        time.sleep(0.05)
+    for request_id, (prompt, completion) in told.items():
+        assert rows[request_id][:3] == (prompt, completion, "ok"), request_id
+    assert rows[silent][2] == "ok" and 1 <= rows[silent][1] <= 3
+    assert rows[failed][2:] == ("error", 400) and rows[failed][:2] == (0, 0)

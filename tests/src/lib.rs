@@ -449,6 +449,14 @@ pub struct ServerProcess {
     pub app: TestApp,
 }
 
+impl ServerProcess {
+    /// SIGKILL: no shutdown, no drain.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

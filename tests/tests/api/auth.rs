@@ -842,7 +842,11 @@ async fn forged_expired_and_misaddressed_jwts_are_refused() {
 
 // ---------- command line ----------
 
-fn aiaas(args: &[&str], database_url: &str, stdin: Option<&str>) -> (bool, String, String) {
+pub(super) fn aiaas(
+    args: &[&str],
+    database_url: &str,
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     use std::io::Write;
     let mut child = std::process::Command::new(aiaas_bin())
         .args(args)

@@ -1,0 +1,113 @@
+//! The usage ledger: what recording costs the request path (one journal append), and how many
+//! events a second the writer puts into SQLite (WAL) and PostgreSQL (`TEST_DATABASE_URL`, on a
+//! fresh database of its own), 1,000 events per transaction with their rollups.
+//!
+//! `cargo bench -p aiaas-bench --bench ledger` (see bench/README.md for the faster dev-profile form)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aiaas_admin::ledger::{write_batch, Ledger, LedgerSettings, UsageEvent};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn event() -> UsageEvent {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = chrono::Utc::now();
+    UsageEvent {
+        request_id: format!("req_bench_{}_{n}", std::process::id()),
+        tenant_id: Some((n % 50) as i64),
+        key_id: Some((n % 500) as i64),
+        end_user: Some(format!("user-{}", n % 20)),
+        model: ["a", "b", "c"][(n % 3) as usize].into(),
+        endpoint: "/v1/chat/completions".into(),
+        prompt_tokens: 100 + (n % 100) as i64,
+        completion_tokens: (n % 300) as i64,
+        cached_tokens: None,
+        status: "ok".into(),
+        http_status: 200,
+        stream: n % 2 == 0,
+        started_at: now,
+        first_token_at: Some(now),
+        finished_at: now,
+    }
+}
+
+async fn database(url: &str) -> sea_orm::DatabaseConnection {
+    let settings = aiaas_admin::db::DatabaseSettings {
+        url: url.to_string(),
+        ..Default::default()
+    };
+    let db = aiaas_admin::db::connect(&settings).await.expect("db");
+    aiaas_admin::db::migrate(&db).await.expect("migrate");
+    db
+}
+
+fn ledger(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The request path: append to the journal (the writer is idle while this runs).
+    let url = format!("sqlite://{}", dir.path().join("record.db").display());
+    let recorder = rt.block_on(async {
+        let db = database(&url).await;
+        Ledger::start(
+            db,
+            LedgerSettings {
+                journal_dir: dir.path().join("journal"),
+                ..Default::default()
+            },
+        )
+        .expect("ledger")
+    });
+    let one = event();
+    c.bench_function("ledger/record (journal append)", |b| {
+        b.iter(|| recorder.record(&one))
+    });
+
+    let mut targets = vec![(
+        "sqlite",
+        format!("sqlite://{}", dir.path().join("write.db").display()),
+    )];
+    if let Ok(admin) = std::env::var("TEST_DATABASE_URL") {
+        let name = format!("aiaas_bench_{}", uuid::Uuid::new_v4().simple());
+        rt.block_on(async {
+            use sea_orm::ConnectionTrait;
+            let conn = sea_orm::Database::connect(admin.as_str())
+                .await
+                .expect("TEST_DATABASE_URL");
+            conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create bench database");
+        });
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        targets.push(("postgres", format!("{base}/{name}")));
+    }
+    let mut group = c.benchmark_group("ledger/write 1000 events");
+    group.throughput(Throughput::Elements(1000));
+    for (name, url) in targets {
+        let db = rt.block_on(database(&url));
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || (0..1000).map(|_| event()).collect::<Vec<_>>(),
+                |batch| {
+                    rt.block_on(write_batch(&db, &batch, &[]))
+                        .expect("write batch")
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(8));
+    targets = ledger
+}
+criterion_main!(benches);
