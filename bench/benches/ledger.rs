@@ -27,7 +27,7 @@ fn event() -> UsageEvent {
         cached_tokens: None,
         status: "ok".into(),
         http_status: 200,
-        stream: n % 2 == 0,
+        stream: n.is_multiple_of(2),
         started_at: now,
         first_token_at: Some(now),
         finished_at: now,

@@ -129,44 +129,52 @@ pub async fn write_batch(
             .exec(&txn)
             .await?;
     }
-    for ((granularity, start, tenant, key, model, user, endpoint), s) in sums {
-        let row = usage_rollup::ActiveModel {
-            granularity: Set(granularity.to_string()),
-            bucket_start: Set(start),
-            tenant_id: Set(tenant),
-            key_id: Set(key),
-            model: Set(model),
-            end_user: Set(user),
-            endpoint: Set(endpoint),
-            requests: Set(s.requests),
-            errors: Set(s.errors),
-            prompt_tokens: Set(s.prompt),
-            completion_tokens: Set(s.completion),
-            cost_micros: Set(s.cost),
-            ..Default::default()
-        };
-        let add = |col: &str| Expr::cust(format!("usage_rollups.{col} + excluded.{col}"));
-        usage_rollup::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([
-                    usage_rollup::Column::Granularity,
-                    usage_rollup::Column::BucketStart,
-                    usage_rollup::Column::TenantId,
-                    usage_rollup::Column::KeyId,
-                    usage_rollup::Column::Model,
-                    usage_rollup::Column::EndUser,
-                    usage_rollup::Column::Endpoint,
-                ])
-                .value(usage_rollup::Column::Requests, add("requests"))
-                .value(usage_rollup::Column::Errors, add("errors"))
-                .value(usage_rollup::Column::PromptTokens, add("prompt_tokens"))
-                .value(
-                    usage_rollup::Column::CompletionTokens,
-                    add("completion_tokens"),
-                )
-                .value(usage_rollup::Column::CostMicros, add("cost_micros"))
-                .to_owned(),
-            )
+    let mut rollups: Vec<usage_rollup::ActiveModel> = sums
+        .into_iter()
+        .map(
+            |((granularity, start, tenant, key, model, user, endpoint), s)| {
+                usage_rollup::ActiveModel {
+                    granularity: Set(granularity.to_string()),
+                    bucket_start: Set(start),
+                    tenant_id: Set(tenant),
+                    key_id: Set(key),
+                    model: Set(model),
+                    end_user: Set(user),
+                    endpoint: Set(endpoint),
+                    requests: Set(s.requests),
+                    errors: Set(s.errors),
+                    prompt_tokens: Set(s.prompt),
+                    completion_tokens: Set(s.completion),
+                    cost_micros: Set(s.cost),
+                    ..Default::default()
+                }
+            },
+        )
+        .collect();
+    let add = |col: &str| Expr::cust(format!("usage_rollups.{col} + excluded.{col}"));
+    let upsert = OnConflict::columns([
+        usage_rollup::Column::Granularity,
+        usage_rollup::Column::BucketStart,
+        usage_rollup::Column::TenantId,
+        usage_rollup::Column::KeyId,
+        usage_rollup::Column::Model,
+        usage_rollup::Column::EndUser,
+        usage_rollup::Column::Endpoint,
+    ])
+    .value(usage_rollup::Column::Requests, add("requests"))
+    .value(usage_rollup::Column::Errors, add("errors"))
+    .value(usage_rollup::Column::PromptTokens, add("prompt_tokens"))
+    .value(
+        usage_rollup::Column::CompletionTokens,
+        add("completion_tokens"),
+    )
+    .value(usage_rollup::Column::CostMicros, add("cost_micros"))
+    .to_owned();
+    // One multi-row upsert per 500 groups (each group appears once per statement).
+    while !rollups.is_empty() {
+        let rest = rollups.split_off(rollups.len().min(500));
+        usage_rollup::Entity::insert_many(std::mem::replace(&mut rollups, rest))
+            .on_conflict(upsert.clone())
             .exec(&txn)
             .await?;
     }
