@@ -294,3 +294,114 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
     }
 }
+
+/// A rollup that does not equal the sum of its raw events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub granularity: &'static str,
+    pub bucket_start: DateTime<Utc>,
+    pub tenant_id: i64,
+    pub key_id: i64,
+    pub model: String,
+    pub end_user: String,
+    pub endpoint: String,
+    pub events: Totals,
+    pub rollup: Totals,
+}
+
+type Group = (DateTime<Utc>, i64, i64, String, String, String);
+
+/// Prove the rollups of whole days `[from, to)` equal the raw events of those days, hourly and
+/// daily. Run it only over days whose raw events have not been pruned.
+pub async fn reconcile(
+    db: &impl ConnectionTrait,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Mismatch>> {
+    use crate::entity::usage_event;
+    if from.timestamp() % 86_400 != 0 || to.timestamp() % 86_400 != 0 || to <= from {
+        return Err(AdminError::invalid(
+            "time",
+            "`from` and `to` must be whole days (UTC), `from` before `to`",
+        ));
+    }
+    let events = usage_event::Entity::find()
+        .filter(usage_event::Column::StartedAt.gte(from))
+        .filter(usage_event::Column::StartedAt.lt(to))
+        .all(db)
+        .await?;
+    let mut mismatches = Vec::new();
+    for granularity in ["hour", "day"] {
+        let step = if granularity == "hour" { 3600 } else { 86_400 };
+        let mut expected: HashMap<Group, Totals> = HashMap::new();
+        for e in &events {
+            let secs = e.started_at.timestamp();
+            let start = DateTime::from_timestamp(secs - secs.rem_euclid(step), 0).unwrap_or(from);
+            let t = expected
+                .entry((
+                    start,
+                    e.tenant_id.unwrap_or(0),
+                    e.key_id.unwrap_or(0),
+                    e.model.clone(),
+                    e.end_user.clone().unwrap_or_default(),
+                    e.endpoint.clone(),
+                ))
+                .or_default();
+            t.requests += 1;
+            t.errors += i64::from(e.status != "ok");
+            t.prompt_tokens += e.prompt_tokens;
+            t.completion_tokens += e.completion_tokens;
+            t.cost_micros += e.cost_micros;
+        }
+        let rollups = usage_rollup::Entity::find()
+            .filter(usage_rollup::Column::Granularity.eq(granularity))
+            .filter(usage_rollup::Column::BucketStart.gte(from))
+            .filter(usage_rollup::Column::BucketStart.lt(to))
+            .all(db)
+            .await?;
+        for r in rollups {
+            let group = (
+                r.bucket_start,
+                r.tenant_id,
+                r.key_id,
+                r.model.clone(),
+                r.end_user.clone(),
+                r.endpoint.clone(),
+            );
+            let mut rolled = Totals::default();
+            rolled.add(&r);
+            let events = expected.remove(&group).unwrap_or_default();
+            if events != rolled {
+                mismatches.push(mismatch(granularity, group, events, rolled));
+            }
+        }
+        for (group, events) in expected {
+            mismatches.push(mismatch(granularity, group, events, Totals::default()));
+        }
+    }
+    Ok(mismatches)
+}
+
+fn mismatch(granularity: &'static str, g: Group, events: Totals, rollup: Totals) -> Mismatch {
+    Mismatch {
+        granularity,
+        bucket_start: g.0,
+        tenant_id: g.1,
+        key_id: g.2,
+        model: g.3,
+        end_user: g.4,
+        endpoint: g.5,
+        events,
+        rollup,
+    }
+}
+
+/// Delete raw events that started before `before`; rollups keep their sums. Returns how many.
+pub async fn prune_events(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<u64> {
+    use crate::entity::usage_event;
+    Ok(usage_event::Entity::delete_many()
+        .filter(usage_event::Column::StartedAt.lt(before))
+        .exec(db)
+        .await?
+        .rows_affected)
+}

@@ -95,6 +95,22 @@ pub enum UsageCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Check that the rollups of whole days equal their raw events; exit 1 on any difference.
+    Reconcile {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Delete raw events that started before a date (rollups are kept).
+    Prune {
+        #[arg(long)]
+        before: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 /// A limit on the command line: a positive number, or `none` to remove it.

@@ -485,6 +485,42 @@ pub async fn usage(command: UsageCommand) -> anyhow::Result<()> {
                 println!("{}", ledger_usage::to_json(&group_by, &rows));
             }
         }
+        UsageCommand::Reconcile { from, to, db } => {
+            let conn = open(&db).await?;
+            let from = ledger_usage::parse_time(&from)?;
+            let to = ledger_usage::parse_time(&to)?;
+            let mismatches = ledger_usage::reconcile(&conn, from, to).await?;
+            for m in &mismatches {
+                println!(
+                    "{}\t{}\ttenant {}\tkey {}\t{}\t{}\t{}\tevents {:?}\trollup {:?}",
+                    m.granularity,
+                    when(Some(m.bucket_start)),
+                    m.tenant_id,
+                    m.key_id,
+                    m.model,
+                    m.end_user,
+                    m.endpoint,
+                    m.events,
+                    m.rollup
+                );
+            }
+            if !mismatches.is_empty() {
+                bail!(
+                    "{} rollup(s) differ from their raw events",
+                    mismatches.len()
+                );
+            }
+            println!("rollups equal their raw events");
+        }
+        UsageCommand::Prune { before, db } => {
+            let conn = open(&db).await?;
+            let before = ledger_usage::parse_time(&before)?;
+            let deleted = ledger_usage::prune_events(&conn, before).await?;
+            println!(
+                "deleted {deleted} raw event(s) that started before {}",
+                when(Some(before))
+            );
+        }
     }
     Ok(())
 }

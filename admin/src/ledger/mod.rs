@@ -32,6 +32,9 @@ pub struct LedgerSettings {
     pub flush_interval_ms: u64,
     /// The journal is truncated once everything in it is written and it is larger than this.
     pub rotate_bytes: u64,
+    /// Raw events older than this many days are deleted (hourly); rollups keep their sums.
+    /// 0 keeps every event.
+    pub retention_days: u32,
 }
 
 impl Default for LedgerSettings {
@@ -41,6 +44,7 @@ impl Default for LedgerSettings {
             batch_size: 1000,
             flush_interval_ms: 100,
             rotate_bytes: 64 * 1024 * 1024,
+            retention_days: 0,
         }
     }
 }

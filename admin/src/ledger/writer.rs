@@ -194,6 +194,7 @@ pub(super) async fn run(
     };
     let mut offset = start;
     let mut failing = false;
+    let mut pruned_at: Option<std::time::Instant> = None;
     let interval = Duration::from_millis(settings.flush_interval_ms.max(1));
     loop {
         let Some(ledger) = inner.upgrade() else {
@@ -207,6 +208,20 @@ pub(super) async fn run(
             }
         };
         if next == offset {
+            if settings.retention_days > 0
+                && pruned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600))
+            {
+                pruned_at = Some(std::time::Instant::now());
+                let before =
+                    Utc::now() - chrono::Duration::days(i64::from(settings.retention_days));
+                match crate::usage::prune_events(&db, before).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deleted = n, "ledger: raw events past retention pruned")
+                    }
+                    Err(err) => tracing::warn!(error = %err, "ledger: pruning raw events failed"),
+                }
+            }
             match ledger.journal.rotate(offset, settings.rotate_bytes) {
                 Ok(true) => offset = 0,
                 Ok(false) => {}

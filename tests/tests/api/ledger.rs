@@ -592,5 +592,35 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
         assert_eq!(json[0]["requests"], 40);
         assert_eq!(json[0]["errors"], 4);
         assert_eq!(json[0]["prompt_tokens"], raw_prompt);
+
+        // The reconcile check passes, and catches a rollup that drifted from its events.
+        let reconcile = ["usage", "reconcile", "--from", &today, "--to", &tomorrow];
+        assert!(run(&reconcile).contains("rollups equal their raw events"));
+        let bump = |delta: i64| {
+            format!("UPDATE usage_rollups SET prompt_tokens = prompt_tokens + {delta} WHERE granularity = 'hour'")
+        };
+        db.execute_unprepared(&bump(1)).await.unwrap();
+        let (ok, out, _) = aiaas(&reconcile, &url, None);
+        assert!(!ok && out.starts_with("hour\t"), "{out}");
+        db.execute_unprepared(&bump(-1)).await.unwrap();
+
+        // Pruning raw events leaves every rollup, so exports do not change.
+        assert!(run(&["usage", "prune", "--before", &tomorrow]).contains("deleted 40 raw event"));
+        assert!(usage_event::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .is_empty());
+        let after = run(&[
+            "usage",
+            "export",
+            "--from",
+            &today,
+            "--to",
+            &tomorrow,
+            "--group-by",
+            "day,user",
+        ]);
+        assert_eq!(after, csv, "{backend:?}");
     }
 }
