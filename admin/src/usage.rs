@@ -405,3 +405,114 @@ pub async fn prune_events(db: &impl ConnectionTrait, before: DateTime<Utc>) -> R
         .await?
         .rows_affected)
 }
+
+/// One time bucket of the usage API, with one result per group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub results: Vec<ExportRow>,
+}
+
+/// Usage of one tenant in buckets of `width_secs` (60, 3600 or 86400) from `start` (aligned
+/// down to the width) until `end`, for requests to `endpoints`, grouped by `group_by` (key,
+/// model, user, endpoint). Hours and days come from the rollups, minutes from the raw events.
+pub async fn buckets(
+    db: &impl ConnectionTrait,
+    tenant_id: i64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    width_secs: i64,
+    endpoints: &[&str],
+    group_by: &[GroupBy],
+) -> Result<Vec<Bucket>> {
+    use crate::entity::usage_event;
+    let align = |t: DateTime<Utc>| {
+        let s = t.timestamp();
+        DateTime::from_timestamp(s - s.rem_euclid(width_secs), 0).unwrap_or(t)
+    };
+    let start = align(start);
+    if end <= start {
+        return Ok(Vec::new());
+    }
+    let keys: HashMap<i64, String> = api_key::Entity::find()
+        .filter(api_key::Column::TenantId.eq(tenant_id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.public_id))
+        .collect();
+    // (bucket start, group) → totals, from whichever source serves this width.
+    let mut sums: BTreeMap<(i64, Vec<String>), Totals> = BTreeMap::new();
+    let group_of = |key_id: i64, model: &str, user: &str, endpoint: &str| -> Vec<String> {
+        group_by
+            .iter()
+            .map(|g| match g {
+                GroupBy::Key => keys.get(&key_id).cloned().unwrap_or_default(),
+                GroupBy::Model => model.to_string(),
+                GroupBy::User => user.to_string(),
+                GroupBy::Endpoint => endpoint.to_string(),
+                GroupBy::Hour | GroupBy::Day | GroupBy::Tenant => String::new(),
+            })
+            .collect()
+    };
+    if width_secs == 60 {
+        let events = usage_event::Entity::find()
+            .filter(usage_event::Column::TenantId.eq(tenant_id))
+            .filter(usage_event::Column::StartedAt.gte(start))
+            .filter(usage_event::Column::StartedAt.lt(end))
+            .filter(usage_event::Column::Endpoint.is_in(endpoints.iter().copied()))
+            .all(db)
+            .await?;
+        for e in events {
+            let at = align(e.started_at).timestamp();
+            let group = group_of(
+                e.key_id.unwrap_or(0),
+                &e.model,
+                e.end_user.as_deref().unwrap_or(""),
+                &e.endpoint,
+            );
+            let t = sums.entry((at, group)).or_default();
+            t.requests += 1;
+            t.errors += i64::from(e.status != "ok");
+            t.prompt_tokens += e.prompt_tokens;
+            t.completion_tokens += e.completion_tokens;
+            t.cost_micros += e.cost_micros;
+        }
+    } else {
+        let granularity = if width_secs == 3600 { "hour" } else { "day" };
+        let rollups = usage_rollup::Entity::find()
+            .filter(usage_rollup::Column::Granularity.eq(granularity))
+            .filter(usage_rollup::Column::TenantId.eq(tenant_id))
+            .filter(usage_rollup::Column::BucketStart.gte(start))
+            .filter(usage_rollup::Column::BucketStart.lt(end))
+            .filter(usage_rollup::Column::Endpoint.is_in(endpoints.iter().copied()))
+            .all(db)
+            .await?;
+        for r in rollups {
+            let group = group_of(r.key_id, &r.model, &r.end_user, &r.endpoint);
+            sums.entry((r.bucket_start.timestamp(), group))
+                .or_default()
+                .add(&r);
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let next = at + chrono::Duration::seconds(width_secs);
+        let results = sums
+            .range((at.timestamp(), Vec::new())..(next.timestamp(), Vec::new()))
+            .map(|((_, group), totals)| ExportRow {
+                group: group.clone(),
+                totals: totals.clone(),
+            })
+            .collect();
+        out.push(Bucket {
+            start: at,
+            end: next,
+            results,
+        });
+        at = next;
+    }
+    Ok(out)
+}

@@ -128,6 +128,11 @@ impl ApiError {
         .with_code("model_not_allowed")
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+            .with_code("insufficient_permissions")
+    }
+
     pub fn wrong_model_kind(model: &str, endpoint: &str) -> Self {
         Self::invalid(
             "model",

@@ -94,7 +94,7 @@ impl Application {
             metrics: metrics.clone(),
             ledger,
         };
-        let state = AppState::new(
+        let mut state = AppState::new(
             config.limits.clone(),
             metrics,
             Duration::from_secs(config.server.keep_alive_secs),
@@ -102,6 +102,7 @@ impl Application {
             auth,
             gate,
         );
+        state.currency = config.ledger.currency.clone();
         let server = run(listener, state.clone(), &config)?;
         tracing::info!(address = %format!("http://{}:{port}", ip_of(&config.server.bind)), "aiaas listening");
 
@@ -208,6 +209,7 @@ fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Resul
             .configure(routes::completions::configure)
             .configure(routes::embeddings::configure)
             .configure(routes::tokenize::configure)
+            .configure(routes::usage::configure)
             .default_service(web::to(routes::not_found))
     })
     .listen(listener)?

@@ -24,6 +24,8 @@ pub struct AppState {
     pub auth: Option<Authenticator>,
     /// Rate limits and budgets.
     pub gate: Gate,
+    /// The currency of prices and costs.
+    pub currency: String,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             db,
             auth,
             gate,
+            currency: "usd".into(),
         }
     }
 

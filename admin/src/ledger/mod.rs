@@ -35,6 +35,8 @@ pub struct LedgerSettings {
     /// Raw events older than this many days are deleted (hourly); rollups keep their sums.
     /// 0 keeps every event.
     pub retention_days: u32,
+    /// The currency of prices and costs (ISO 4217, lower case as OpenAI writes it).
+    pub currency: String,
 }
 
 impl Default for LedgerSettings {
@@ -45,6 +47,7 @@ impl Default for LedgerSettings {
             flush_interval_ms: 100,
             rotate_bytes: 64 * 1024 * 1024,
             retention_days: 0,
+            currency: "usd".into(),
         }
     }
 }

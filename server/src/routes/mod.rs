@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod health;
 pub mod models;
 pub mod tokenize;
+pub mod usage;
 
 use std::cell::Cell;
 use std::time::Instant;
