@@ -516,3 +516,114 @@ pub async fn buckets(
     }
     Ok(out)
 }
+
+/// A tenant's monthly statement: requests, tokens and cost per model.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub tenant: String,
+    pub month: String,
+    pub currency: String,
+    pub rows: Vec<ExportRow>,
+    pub total: Totals,
+}
+
+/// The statement of `tenant_id` for `month` (`YYYY-MM`, UTC), from the daily rollups.
+pub async fn statement(
+    db: &impl ConnectionTrait,
+    tenant_id: i64,
+    month: &str,
+    currency: &str,
+) -> Result<Statement> {
+    let bad = || AdminError::invalid("month", format!("`{month}`: write the month as 2026-11"));
+    let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .ok_or_else(bad)?;
+    let at = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(bad);
+    let tenant = tenant::Entity::find_by_id(tenant_id)
+        .one(db)
+        .await?
+        .ok_or(AdminError::NotFound("tenant"))?;
+    let query = ExportQuery {
+        from: at(first)?,
+        to: at(next)?,
+        tenant_id: Some(tenant_id),
+        group_by: vec![GroupBy::Model],
+    };
+    let rows = export(db, &query).await?;
+    let mut total = Totals::default();
+    for r in &rows {
+        total.requests += r.totals.requests;
+        total.errors += r.totals.errors;
+        total.prompt_tokens += r.totals.prompt_tokens;
+        total.completion_tokens += r.totals.completion_tokens;
+        total.cost_micros += r.totals.cost_micros;
+    }
+    Ok(Statement {
+        tenant: tenant.name,
+        month: first.format("%Y-%m").to_string(),
+        currency: currency.to_uppercase(),
+        rows,
+        total,
+    })
+}
+
+/// The statement as CSV: one row per model, then a `TOTAL` row.
+pub fn statement_csv(s: &Statement) -> String {
+    let mut rows = s.rows.clone();
+    rows.push(ExportRow {
+        group: vec!["TOTAL".into()],
+        totals: s.total.clone(),
+    });
+    to_csv(&[GroupBy::Model], &rows)
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The statement as a printable HTML page (no scripts, no external resources).
+pub fn statement_html(s: &Statement) -> String {
+    let row = |name: &str, t: &Totals, strong: bool| {
+        let (open, close) = if strong {
+            ("<th>", "</th>")
+        } else {
+            ("<td>", "</td>")
+        };
+        format!(
+            "<tr>{open}{}{close}<td class=n>{}</td><td class=n>{}</td><td class=n>{}</td>\
+             <td class=n>{}</td><td class=n>{}</td></tr>\n",
+            escape(name),
+            t.requests,
+            t.prompt_tokens,
+            t.completion_tokens,
+            t.prompt_tokens + t.completion_tokens,
+            format_micros(t.cost_micros),
+        )
+    };
+    let mut body = String::new();
+    for r in &s.rows {
+        body.push_str(&row(&r.group[0], &r.totals, false));
+    }
+    format!(
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\
+         <title>Usage statement {month} - {tenant}</title>\n<style>\
+         body{{font:14px sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%}}\
+         th,td{{border-bottom:1px solid #ccc;padding:.4em;text-align:left}}.n{{text-align:right}}\
+         tfoot th,tfoot td{{border-top:2px solid #000;font-weight:bold}}\
+         @media print{{body{{margin:0}}}}</style></head>\n<body>\n\
+         <h1>Usage statement</h1>\n<p>Tenant: <strong>{tenant}</strong><br>Period: {month} \
+         (UTC)<br>Currency: {currency}</p>\n<table>\n<thead><tr><th>Model</th><th class=n>\
+         Requests</th><th class=n>Prompt tokens</th><th class=n>Completion tokens</th>\
+         <th class=n>Total tokens</th><th class=n>Cost</th></tr></thead>\n<tbody>\n{body}\
+         </tbody>\n<tfoot>{total}</tfoot>\n</table>\n</body></html>\n",
+        month = escape(&s.month),
+        tenant = escape(&s.tenant),
+        currency = escape(&s.currency),
+        total = row("Total", &s.total, true),
+    )
+}

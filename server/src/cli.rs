@@ -104,6 +104,19 @@ pub enum UsageCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// A tenant's monthly statement (requests, tokens and cost per model) as CSV or HTML.
+    Statement {
+        #[arg(long)]
+        tenant: String,
+        /// The month, e.g. 2026-11 (UTC).
+        #[arg(long)]
+        month: String,
+        /// csv or html.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Delete raw events that started before a date (rollups are kept).
     Prune {
         #[arg(long)]

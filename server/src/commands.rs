@@ -512,6 +512,26 @@ pub async fn usage(command: UsageCommand) -> anyhow::Result<()> {
             }
             println!("rollups equal their raw events");
         }
+        UsageCommand::Statement {
+            tenant,
+            month,
+            format,
+            db,
+        } => {
+            if format != "csv" && format != "html" {
+                bail!("--format must be csv or html");
+            }
+            let config = db.load_config().map_err(anyhow::Error::msg)?;
+            let conn = open(&db).await?;
+            let tenant = tenants::require_tenant(&conn, &tenant).await?;
+            let statement =
+                ledger_usage::statement(&conn, tenant.id, &month, &config.ledger.currency).await?;
+            if format == "csv" {
+                print!("{}", ledger_usage::statement_csv(&statement));
+            } else {
+                print!("{}", ledger_usage::statement_html(&statement));
+            }
+        }
         UsageCommand::Prune { before, db } => {
             let conn = open(&db).await?;
             let before = ledger_usage::parse_time(&before)?;

@@ -21,6 +21,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             "status": "ready",
             "device": engine.device_description(),
             "limits": state.gate.limiter.mode().as_str(),
+            // Journaled bytes the database does not have yet (0 when it is caught up).
+            "ledger": {"pending_bytes": ledger_pending(&state)},
             "models": engine.models().iter().map(|m| json!({
                 "id": m.id, "kind": m.kind.as_str(), "max_model_len": m.max_seq_len,
             })).collect::<Vec<_>>(),
@@ -47,4 +49,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
+}
+
+fn ledger_pending(state: &AppState) -> u64 {
+    let (journaled, written) = state.gate.ledger.progress();
+    journaled.saturating_sub(written)
 }

@@ -515,6 +515,9 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
 
         let prices = aiaas_admin::prices::list_prices(&db).await.unwrap();
         let now = Utc::now();
+        let tenant = tenants::insert_tenant(&db, "stmt", &Actor::cli())
+            .await
+            .unwrap();
         let mut events = Vec::new();
         for i in 0..40 {
             let mut e = event(
@@ -524,6 +527,7 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
                 1000 + i,
                 333 * i,
             );
+            e.tenant_id = Some(tenant.id);
             e.started_at = now;
             e.finished_at = now;
             e.end_user = Some(if i % 2 == 0 { "a, \"quoted\"" } else { "b" }.into());
@@ -592,6 +596,33 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
         assert_eq!(json[0]["requests"], 40);
         assert_eq!(json[0]["errors"], 4);
         assert_eq!(json[0]["prompt_tokens"], raw_prompt);
+
+        // The monthly statement: one row per model and a total equal to the raw events.
+        let month = now.format("%Y-%m").to_string();
+        let statement = run(&["usage", "statement", "--tenant", "stmt", "--month", &month]);
+        let total = statement
+            .split("\r\n")
+            .find(|l| l.starts_with("TOTAL,"))
+            .unwrap();
+        let cost = aiaas_admin::prices::format_micros(raw_cost);
+        assert!(
+            total.starts_with("TOTAL,40,4,") && total.ends_with(&cost),
+            "{statement}"
+        );
+        let html = run(&[
+            "usage",
+            "statement",
+            "--tenant",
+            "stmt",
+            "--month",
+            &month,
+            "--format",
+            "html",
+        ]);
+        assert!(
+            html.starts_with("<!doctype html>") && html.contains(&cost),
+            "{html}"
+        );
 
         // The reconcile check passes, and catches a rollup that drifted from its events.
         let reconcile = ["usage", "reconcile", "--from", &today, "--to", &tomorrow];
