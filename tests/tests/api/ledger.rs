@@ -802,3 +802,44 @@ async fn the_usage_api_reports_the_ledger_per_tenant_in_openai_shape() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_under_load_writes_every_event_before_it_returns() {
+    let models = standard_models()
+        .into_iter()
+        .filter(|m| m.id == LLAMA)
+        .collect();
+    let db_url = TestDb::default_backend().fresh_url();
+    let (app, server) = spawn_custom(test_config_on(models, &db_url)).await;
+    let handle = server.handle();
+    let running = tokio::spawn(server.run_until_stopped());
+    let body = json!({"model": LLAMA, "stream": true, "max_tokens": 200, "temperature": 0,
+        "messages": [{"role": "user", "content": "count"}]});
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let res = app.post("/v1/chat/completions", &body).await;
+        assert_eq!(res.status(), 200);
+        streams.push(res);
+    }
+    // Stop while all eight are streaming: they finish, then the server drains and returns.
+    let stop = tokio::spawn(async move { handle.stop(true).await });
+    let mut ids = Vec::new();
+    for res in streams {
+        ids.push(request_id(&res));
+        let text = res.text().await.unwrap();
+        assert!(text.trim_end().ends_with("data: [DONE]"));
+    }
+    stop.await.unwrap();
+    running.await.unwrap().unwrap();
+    // No waiting: returning from `run_until_stopped` means the ledger was drained.
+    let db = connect(&db_url).await;
+    let rows = usage_event::Entity::find()
+        .filter(usage_event::Column::RequestId.is_in(ids.iter().cloned()))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 8);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == "ok" && r.completion_tokens == 200));
+}
