@@ -12,13 +12,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn event() -> UsageEvent {
+/// An event; `spread` keys (and 1/10 as many tenants) and 20 users / 3 models share the load.
+fn event_in(spread: u64) -> UsageEvent {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now();
     UsageEvent {
         request_id: format!("req_bench_{}_{n}", std::process::id()),
-        tenant_id: Some((n % 50) as i64),
-        key_id: Some((n % 500) as i64),
+        tenant_id: Some((n % spread.div_ceil(10)) as i64),
+        key_id: Some((n % spread) as i64),
         end_user: Some(format!("user-{}", n % 20)),
         model: ["a", "b", "c"][(n % 3) as usize].into(),
         endpoint: "/v1/chat/completions".into(),
@@ -32,6 +33,10 @@ fn event() -> UsageEvent {
         first_token_at: Some(now),
         finished_at: now,
     }
+}
+
+fn event() -> UsageEvent {
+    event_in(500)
 }
 
 async fn database(url: &str) -> sea_orm::DatabaseConnection {
@@ -91,16 +96,19 @@ fn ledger(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1000));
     for (name, url) in targets {
         let db = rt.block_on(database(&url));
-        group.bench_function(name, |b| {
-            b.iter_batched(
-                || (0..1000).map(|_| event()).collect::<Vec<_>>(),
-                |batch| {
-                    rt.block_on(write_batch(&db, &batch, &[]))
-                        .expect("write batch")
-                },
-                criterion::BatchSize::LargeInput,
-            )
-        });
+        // 500 keys: ~1,000 rollup groups per batch (worst case); 10 keys: ~60.
+        for spread in [500u64, 10] {
+            group.bench_function(format!("{name}, {spread} keys"), |b| {
+                b.iter_batched(
+                    || (0..1000).map(|_| event_in(spread)).collect::<Vec<_>>(),
+                    |batch| {
+                        rt.block_on(write_batch(&db, &batch, &[]))
+                            .expect("write batch")
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
     }
     group.finish();
 }
