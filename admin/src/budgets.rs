@@ -20,8 +20,31 @@ use crate::entity::{budget, budget_reservation, budget_usage};
 use crate::error::{AdminError, Result};
 use crate::Scope;
 
-/// What a budget counts. Money (micro-units at the model prices) comes with the ledger.
-pub const UNIT_TOKENS: &str = "tokens";
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Prompt + completion tokens.
+    Tokens,
+    /// Money: micro-units of the operator's currency, at the model prices in force.
+    Micros,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Tokens => "tokens",
+            Unit::Micros => "micros",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Unit> {
+        match text {
+            "tokens" => Some(Unit::Tokens),
+            "micros" => Some(Unit::Micros),
+            _ => None,
+        }
+    }
+}
 
 /// How a budget's periods are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +129,7 @@ pub struct Budget {
     pub id: i64,
     pub tenant_id: i64,
     pub key_id: Option<i64>,
+    pub unit: Unit,
     pub amount: i64,
     pub period: Period,
     pub anchor_at: DateTime<Utc>,
@@ -113,13 +137,15 @@ pub struct Budget {
 
 impl Budget {
     pub fn from_row(row: &budget::Model) -> Option<Self> {
-        if row.deleted_at.is_some() || row.unit != UNIT_TOKENS {
+        if row.deleted_at.is_some() {
             return None;
         }
+        let unit = Unit::parse(&row.unit)?;
         Some(Self {
             id: row.id,
             tenant_id: row.tenant_id,
             key_id: row.key_id,
+            unit,
             amount: row.amount,
             period: Period::parse(&row.period).ok()?,
             anchor_at: row.anchor_at,
@@ -138,6 +164,7 @@ pub async fn set_budget(
     scope: Scope,
     tenant_id: i64,
     key_public_id: Option<&str>,
+    unit: Unit,
     amount: i64,
     period: Period,
     actor: &Actor,
@@ -148,7 +175,7 @@ pub async fn set_budget(
     if amount <= 0 {
         return Err(AdminError::invalid(
             "amount",
-            "a budget must be a positive number of tokens",
+            "a budget must be a positive amount",
         ));
     }
     let txn = crate::db::begin_write(db).await?;
@@ -164,6 +191,7 @@ pub async fn set_budget(
     let saved = match find_active(&txn, tenant_id, key_id).await? {
         Some(existing) => {
             let mut row = existing.into_active_model();
+            row.unit = Set(unit.as_str().into());
             row.amount = Set(amount);
             row.period = Set(period.as_string());
             row.updated_at = Set(now);
@@ -173,7 +201,7 @@ pub async fn set_budget(
             budget::ActiveModel {
                 tenant_id: Set(tenant_id),
                 key_id: Set(key_id),
-                unit: Set(UNIT_TOKENS.into()),
+                unit: Set(unit.as_str().into()),
                 amount: Set(amount),
                 period: Set(period.as_string()),
                 anchor_at: Set(now),
@@ -195,7 +223,7 @@ pub async fn set_budget(
             object_type: "budget",
             object_id: saved.id.to_string(),
             detail: Some(serde_json::json!({
-                "key": key_public_id, "unit": UNIT_TOKENS, "amount": amount,
+                "key": key_public_id, "unit": unit.as_str(), "amount": amount,
                 "period": period.as_string(),
             })),
         },
@@ -346,6 +374,7 @@ pub struct Reservation {
     pub id: String,
     pub usage_id: i64,
     pub budget_id: i64,
+    pub unit: Unit,
     pub amount: i64,
 }
 
@@ -353,6 +382,7 @@ pub struct Reservation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exhausted {
     pub budget_id: i64,
+    pub unit: Unit,
     pub key_id: Option<i64>,
     pub cap: i64,
     /// Settled plus reserved by requests still running.
@@ -365,14 +395,14 @@ pub struct Exhausted {
 /// nothing. `Ok(Err(_))`: a budget cannot take it.
 pub async fn reserve(
     db: &DatabaseConnection,
-    budgets: &[(Budget, i64, Window)],
-    amount: i64,
+    budgets: &[(Budget, i64, Window, i64)],
     ttl: Duration,
 ) -> Result<std::result::Result<Vec<Reservation>, Exhausted>> {
     let now = Utc::now();
     let txn = db.begin().await?;
     let mut held = Vec::with_capacity(budgets.len());
-    for (budget, usage_id, window) in budgets {
+    for (budget, usage_id, window, amount) in budgets {
+        let amount = *amount;
         let taken = budget_usage::Entity::update_many()
             .col_expr(
                 budget_usage::Column::Reserved,
@@ -401,6 +431,7 @@ pub async fn reserve(
                 .map_or(budget.amount, |u| u.spent + u.reserved);
             return Ok(Err(Exhausted {
                 budget_id: budget.id,
+                unit: budget.unit,
                 key_id: budget.key_id,
                 cap: budget.amount,
                 used,
@@ -412,6 +443,7 @@ pub async fn reserve(
             id: uuid::Uuid::new_v4().to_string(),
             usage_id: *usage_id,
             budget_id: budget.id,
+            unit: budget.unit,
             amount,
         };
         budget_reservation::ActiveModel {
@@ -432,13 +464,18 @@ pub async fn reserve(
 /// End reservations: each one's row is deleted and its budget's `reserved` gives back the worst
 /// case while `spent` takes `actual`. A reservation the sweeper already released (its process
 /// was presumed dead) still charges `actual`, so what was used is never lost.
-pub async fn settle(db: &DatabaseConnection, held: &[Reservation], actual: i64) -> Result<()> {
+pub async fn settle(
+    db: &DatabaseConnection,
+    held: &[Reservation],
+    actual: impl Fn(&Reservation) -> i64,
+) -> Result<()> {
     if held.is_empty() {
         return Ok(());
     }
     let now = Utc::now();
     let txn = db.begin().await?;
     for reservation in held {
+        let actual = actual(reservation);
         let released = budget_reservation::Entity::delete_by_id(reservation.id.clone())
             .exec(&txn)
             .await?

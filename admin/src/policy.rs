@@ -31,6 +31,8 @@ struct Inner {
     settings: PolicySettings,
     tenants: RwLock<HashMap<i64, Limits>>,
     budgets: RwLock<Budgets>,
+    /// Every model price (append-only, so re-read only when a new id appears).
+    prices: RwLock<Vec<crate::entity::model_price::Model>>,
     /// `budget_usage` ids by (budget, period key): a period's row is created once.
     usage_ids: Mutex<HashMap<(i64, String), i64>>,
     marks: Mutex<Marks>,
@@ -76,6 +78,7 @@ impl Policies {
             settings,
             tenants: RwLock::default(),
             budgets: RwLock::default(),
+            prices: RwLock::default(),
             usage_ids: Mutex::default(),
             marks: Mutex::default(),
         });
@@ -103,11 +106,12 @@ impl Policies {
             .collect()
     }
 
-    /// Reserve `amount` on each budget, all or nothing.
+    /// Reserve on each budget the amount `amount_for` says (in the budget's unit), all or
+    /// nothing.
     pub async fn reserve(
         &self,
         budgets: &[Budget],
-        amount: i64,
+        amount_for: impl Fn(&Budget) -> i64,
     ) -> Result<std::result::Result<Vec<Reservation>, Exhausted>> {
         let now = Utc::now();
         let mut resolved = Vec::with_capacity(budgets.len());
@@ -127,15 +131,26 @@ impl Policies {
                     id
                 }
             };
-            resolved.push((budget.clone(), usage_id, window));
+            resolved.push((budget.clone(), usage_id, window, amount_for(budget)));
         }
         let ttl = chrono::Duration::from_std(self.inner.settings.reservation_ttl)
             .unwrap_or(chrono::Duration::hours(1));
-        budgets::reserve(&self.inner.db, &resolved, amount, ttl).await
+        budgets::reserve(&self.inner.db, &resolved, ttl).await
     }
 
-    pub async fn settle(&self, held: &[Reservation], actual: i64) -> Result<()> {
+    /// Settle reservations; `actual` gives each one's real amount in its budget's unit.
+    pub async fn settle(
+        &self,
+        held: &[Reservation],
+        actual: impl Fn(&Reservation) -> i64,
+    ) -> Result<()> {
         budgets::settle(&self.inner.db, held, actual).await
+    }
+
+    /// The price of `model` in force now, if it has one.
+    pub fn price_now(&self, model: &str) -> Option<crate::entity::model_price::Model> {
+        let prices = read(&self.inner.prices);
+        crate::prices::price_at(&prices, model, Utc::now()).cloned()
     }
 
     /// Re-read what changed now (also done every `refresh_interval`).
@@ -169,6 +184,16 @@ impl Inner {
             budget_query = budget_query.filter(budget::Column::UpdatedAt.gte(mark - REREAD_WINDOW));
         }
         let budget_rows = budget_query.all(&self.db).await?;
+        let newest_price = read(&self.prices).iter().map(|p| p.id).max().unwrap_or(0);
+        let fresh_prices = crate::entity::model_price::Entity::find()
+            .filter(crate::entity::model_price::Column::Id.gt(newest_price))
+            .all(&self.db)
+            .await?;
+        if !fresh_prices.is_empty() {
+            let mut prices = write(&self.prices);
+            prices.extend(fresh_prices);
+            prices.sort_by_key(|p| p.effective_from);
+        }
 
         {
             let mut tenants = write(&self.tenants);

@@ -119,6 +119,7 @@ async fn policies_on(url: &str) -> (Policies, Vec<budgets::Budget>) {
         Scope::Platform,
         tenant.id,
         None,
+        budgets::Unit::Tokens,
         i64::MAX / 4,
         Period::Monthly,
         &actor,
@@ -170,11 +171,11 @@ fn budget(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let held = policies
-                        .reserve(&list, 500)
+                        .reserve(&list, |_| 500)
                         .await
                         .expect("db")
                         .expect("room");
-                    policies.settle(&held, 120).await.expect("settle");
+                    policies.settle(&held, |_| 120).await.expect("settle");
                 })
             })
         });

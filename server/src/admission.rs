@@ -11,9 +11,11 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpMessage;
 use aiaas_admin::auth::Caller;
-use aiaas_admin::budgets::{Exhausted, Reservation};
+use aiaas_admin::budgets::{Exhausted, Reservation, Unit};
+use aiaas_admin::entity::model_price;
 use aiaas_admin::ledger::{Ledger, UsageEvent};
 use aiaas_admin::policy::Policies;
+use aiaas_admin::prices::cost_micros;
 use aiaas_engine::{Usage, UsageMeter};
 use tokio::sync::Notify;
 
@@ -127,7 +129,7 @@ impl Gate {
         estimate: F,
     ) -> Result<Admitted, ApiError>
     where
-        F: std::future::Future<Output = Result<u64, ApiError>>,
+        F: std::future::Future<Output = Result<Demand, ApiError>>,
     {
         let draft = Draft::new(caller, meta);
         let subjects = self.subjects(caller);
@@ -136,7 +138,13 @@ impl Gate {
         if subjects.is_empty() && budgets.is_empty() {
             return Ok(Admitted::free(self.clone(), draft));
         }
-        let tokens = if counts_tokens { estimate.await? } else { 0 };
+        let demand = if counts_tokens {
+            estimate.await?
+        } else {
+            Demand::default()
+        };
+        let tokens = demand.total();
+        let price = self.policies.price_now(&draft.meta.model);
         let (grant, headers) = match self.limiter.acquire(&subjects, tokens).await {
             Outcome::Admitted(grant, headers) => (grant, headers),
             Outcome::Refused(refusal, headers) => {
@@ -153,7 +161,13 @@ impl Gate {
         let reservations = if budgets.is_empty() {
             Vec::new()
         } else {
-            match self.policies.reserve(&budgets, tokens as i64).await {
+            let amount_for = |budget: &aiaas_admin::budgets::Budget| match budget.unit {
+                Unit::Tokens => tokens as i64,
+                Unit::Micros => price.as_ref().map_or(0, |p| {
+                    cost_micros(p, demand.prompt as i64, demand.completion as i64)
+                }),
+            };
+            match self.policies.reserve(&budgets, amount_for).await {
                 Ok(Ok(held)) => held,
                 Ok(Err(exhausted)) => {
                     self.limiter.release(&grant, 0, true).await;
@@ -182,7 +196,31 @@ impl Gate {
             meters: Vec::new(),
             draft: Some(draft),
             failed: None,
+            price,
         })
+    }
+}
+
+/// The worst case of a request at admission: its prompt and the most it may generate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+impl Demand {
+    pub fn total(&self) -> u64 {
+        self.prompt + self.completion
+    }
+}
+
+impl std::ops::Add for Demand {
+    type Output = Demand;
+    fn add(self, other: Demand) -> Demand {
+        Demand {
+            prompt: self.prompt + other.prompt,
+            completion: self.completion + other.completion,
+        }
     }
 }
 
@@ -236,13 +274,17 @@ fn quota_message(e: &Exhausted) -> String {
     } else {
         "your organization"
     };
+    let (what, show): (&str, fn(i64) -> String) = match e.unit {
+        Unit::Tokens => ("token budget", |n| format!("{n} tokens")),
+        Unit::Micros => ("spend budget", aiaas_admin::prices::format_micros),
+    };
     format!(
-        "You exceeded your current quota: the token budget of {whom} is {} for this period, {} \
-         are used or held by running requests, and this request may use up to {}. The period \
-         ends at {}.",
-        e.cap,
-        e.used,
-        e.requested,
+        "You exceeded your current quota: the {what} of {whom} is {} for this period, {} are \
+         used or held by running requests, and this request may use up to {}. The period ends \
+         at {}.",
+        show(e.cap),
+        show(e.used),
+        show(e.requested),
         e.period_end.format("%Y-%m-%dT%H:%M:%SZ")
     )
 }
@@ -261,6 +303,8 @@ pub struct Admitted {
     draft: Option<Draft>,
     /// The HTTP status of an error the request ended with after its response began.
     failed: Option<u16>,
+    /// The model's price when the request started (for money budgets).
+    price: Option<model_price::Model>,
 }
 
 impl Admitted {
@@ -274,6 +318,7 @@ impl Admitted {
             meters: Vec::new(),
             draft: Some(draft),
             failed: None,
+            price: None,
         }
     }
 
@@ -332,6 +377,13 @@ impl Admitted {
             .ledger
             .record(&draft.event(usage, status, http_status));
         let used = usage.total_tokens() as u64;
+        let cost = self.price.as_ref().map_or(0, |p| {
+            cost_micros(
+                p,
+                usage.prompt_tokens as i64,
+                usage.completion_tokens as i64,
+            )
+        });
         let gate = self.gate.clone();
         let grant = self.grant.take();
         let reservations = std::mem::take(&mut self.reservations);
@@ -353,7 +405,11 @@ impl Admitted {
                 return;
             }
             for attempt in 1..=5 {
-                match gate.policies.settle(&reservations, used as i64).await {
+                let actual = |r: &Reservation| match r.unit {
+                    Unit::Tokens => used as i64,
+                    Unit::Micros => cost,
+                };
+                match gate.policies.settle(&reservations, actual).await {
                     Ok(()) => return,
                     Err(err) => {
                         tracing::warn!(attempt, error = %err, "settling a budget reservation failed");

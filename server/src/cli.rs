@@ -175,7 +175,7 @@ impl LimitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BudgetCommand {
-    /// Set (or replace) the token budget of a tenant, or of one of its keys with --key.
+    /// Set (or replace) the budget (tokens or money) of a tenant, or of one of its keys.
     Set {
         #[arg(long)]
         tenant: String,
@@ -183,8 +183,11 @@ pub enum BudgetCommand {
         #[arg(long)]
         key: Option<String>,
         /// Tokens (prompt + completion) allowed per period.
+        #[arg(long, conflicts_with = "amount", required_unless_present = "amount")]
+        tokens: Option<i64>,
+        /// Money allowed per period, in the operator's currency (e.g. 25.50), at model prices.
         #[arg(long)]
-        tokens: i64,
+        amount: Option<String>,
         /// `monthly` (calendar month, UTC) or a number of days, e.g. `7d`.
         #[arg(long, default_value = "monthly")]
         period: String,

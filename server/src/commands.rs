@@ -3,7 +3,7 @@
 //! or token alone on the last line).
 
 use aiaas_admin::audit::Actor;
-use aiaas_admin::budgets::{self, Period};
+use aiaas_admin::budgets::{self, Period, Unit};
 use aiaas_admin::limits::{self, Limits};
 use aiaas_admin::{jwt_keys, keys, tenants, users, Scope};
 use anyhow::{bail, Context};
@@ -26,6 +26,18 @@ async fn open(db: &DbArgs) -> anyhow::Result<DatabaseConnection> {
             .context("migrating the database")?;
     }
     Ok(conn)
+}
+
+fn unit_of(text: &str) -> Unit {
+    Unit::parse(text).unwrap_or(Unit::Tokens)
+}
+
+/// Tokens as a number, money as an exact decimal.
+fn show_amount(unit: Unit, amount: i64) -> String {
+    match unit {
+        Unit::Tokens => amount.to_string(),
+        Unit::Micros => aiaas_admin::prices::format_micros(amount),
+    }
 }
 
 fn limit(value: Option<i64>) -> String {
@@ -333,10 +345,16 @@ pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
             tenant,
             key,
             tokens,
+            amount,
             period,
             db,
         } => {
             let period = Period::parse(&period)?;
+            let (unit, value) = match (tokens, amount) {
+                (Some(tokens), _) => (Unit::Tokens, tokens),
+                (None, Some(amount)) => (Unit::Micros, aiaas_admin::prices::parse_micros(&amount)?),
+                (None, None) => bail!("give --tokens or --amount"),
+            };
             let conn = open(&db).await?;
             let tenant = tenants::require_tenant(&conn, &tenant).await?;
             let saved = budgets::set_budget(
@@ -344,17 +362,23 @@ pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
                 Scope::Platform,
                 tenant.id,
                 key.as_deref(),
-                tokens,
+                unit,
+                value,
                 period,
                 &Actor::cli(),
             )
             .await?;
             println!(
-                "budget {}\t{}\t{}\t{} tokens per {}",
+                "budget {}\t{}\t{}\t{} {} per {}",
                 saved.id,
                 tenant.name,
                 key.as_deref().unwrap_or("*"),
-                saved.amount,
+                show_amount(unit, saved.amount),
+                if unit == Unit::Tokens {
+                    "tokens"
+                } else {
+                    "money"
+                },
                 saved.period
             );
         }
@@ -378,12 +402,12 @@ pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
                     b.budget.id,
                     key,
                     b.budget.unit,
-                    b.budget.amount,
+                    show_amount(unit_of(&b.budget.unit), b.budget.amount),
                     b.budget.period,
                     when(Some(b.window.start)),
                     when(Some(b.window.end)),
-                    b.spent,
-                    b.reserved
+                    show_amount(unit_of(&b.budget.unit), b.spent),
+                    show_amount(unit_of(&b.budget.unit), b.reserved)
                 );
             }
         }

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use aiaas_engine::{Engine, GenerationEvent, ModelKind, Usage};
 use futures::StreamExt;
 
-use crate::admission::{insert_rate_headers, RequestId, RequestMeta};
+use crate::admission::{insert_rate_headers, Demand, RequestId, RequestMeta};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -44,9 +44,9 @@ pub async fn create_completion(
     caller.require_model(&model)?;
     let deadline = state.queue_deadline(&req);
     let estimate = async {
-        let mut total = 0;
+        let mut total = Demand::default();
         for request in &requests {
-            total += worst_case(engine, request).await?;
+            total = total + worst_case(engine, request).await?;
         }
         Ok(total)
     };

@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aiaas_engine::ModelKind;
 
-use crate::admission::{RequestId, RequestMeta};
+use crate::admission::{Demand, RequestId, RequestMeta};
 use crate::auth::Authenticated;
 use crate::error::ApiError;
 use crate::extract::WireJson;
@@ -38,7 +38,10 @@ pub async fn create_embeddings(
         let tokens = engine
             .count_embedding_tokens(&request.model, &request.input)
             .await?;
-        Ok(tokens as u64)
+        Ok(Demand {
+            prompt: tokens as u64,
+            completion: 0,
+        })
     };
     let meta = RequestMeta {
         request_id: RequestId::of(&req),

@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse};
 use aiaas_engine::{Engine, EngineError, GenerateRequest, GenerationStream};
 
-use crate::admission::Admitted;
+use crate::admission::{Admitted, Demand};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -98,14 +98,17 @@ impl Drop for Observed {
 
 /// The worst case of a generation in tokens, for admission: its prompt (counted with the model's
 /// tokenizer and chat template) plus, per choice, `max_tokens` or the rest of the context.
-pub async fn worst_case(engine: &Engine, request: &GenerateRequest) -> Result<u64, ApiError> {
+pub async fn worst_case(engine: &Engine, request: &GenerateRequest) -> Result<Demand, ApiError> {
     let context = engine
         .model_info(&request.model)
         .map_or(0, |m| m.max_seq_len);
     let prompt = engine.count_prompt_tokens(request).await?;
     let room = context.saturating_sub(prompt);
     let each = request.sampling.max_tokens.map_or(room, |m| m.min(room));
-    Ok((prompt + request.sampling.n * each) as u64)
+    Ok(Demand {
+        prompt: prompt as u64,
+        completion: (request.sampling.n * each) as u64,
+    })
 }
 
 /// Submit an admitted generation to the engine with its queue deadline. A refusal or a timeout

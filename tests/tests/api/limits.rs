@@ -351,6 +351,7 @@ async fn budget_race(apps: &[TestApp], db: &DatabaseConnection) {
         Scope::Platform,
         tenant.id,
         None,
+        budgets::Unit::Tokens,
         cap,
         Period::Monthly,
         &Actor::cli(),
@@ -499,6 +500,7 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
                 Scope::Platform,
                 tenant_id,
                 None,
+                budgets::Unit::Tokens,
                 tokens,
                 Period::Monthly,
                 &Actor::cli(),
@@ -566,4 +568,73 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
     assert!(metrics.contains("aiaas_admission_refusals_total{reason=\"queue_full\"} 1"));
     assert!(metrics.contains("aiaas_admission_refusals_total{reason=\"queue_timeout\"} 1"));
     assert!(metrics.contains("aiaas_queue_wait_seconds_count{model=\"tiny-llama\"}"));
+}
+
+#[tokio::test]
+async fn a_money_budget_is_spent_at_the_model_price_and_holds_exactly() {
+    let (app, _server) = server_on(TestDb::Sqlite).await;
+    let db = app.db().await;
+    // 1,000 and 2,000 per million tokens: 1,000 µ a prompt token, 2,000 µ a completion token.
+    aiaas_admin::prices::insert_price(&db, CHAT, 1_000_000_000, 2_000_000_000, None, &Actor::cli())
+        .await
+        .unwrap();
+    let (tenant_id, key) = tenant_key(&db, Limits::default(), Limits::default()).await;
+    let app = app.with_key(Some(&key));
+    let total = exact_cost(&app, 4).await;
+    let cost = (total - 4) * 1000 + 4 * 2000;
+    let set = |micros: i64| {
+        let db = db.clone();
+        async move {
+            budgets::set_budget(
+                &db,
+                Scope::Platform,
+                tenant_id,
+                None,
+                budgets::Unit::Micros,
+                micros,
+                Period::Monthly,
+                &Actor::cli(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // A budget of one micro-unit refuses (once the server has the price and the budget)...
+    set(1).await;
+    within(Duration::from_secs(2), || async {
+        let (status, body) = app.post_json("/v1/chat/completions", &hello(4)).await;
+        status == 429 && body["error"]["code"] == "insufficient_quota"
+    })
+    .await;
+    // ...then room for exactly three requests: three succeed, the fourth is refused.
+    set(3 * cost).await;
+    let mut ok = 0;
+    let started = std::time::Instant::now();
+    while ok < 3 {
+        let (status, body) = app.post_json("/v1/chat/completions", &hello(4)).await;
+        match status {
+            200 => ok += 1,
+            429 => assert!(
+                ok == 0 && started.elapsed() < Duration::from_secs(2),
+                "refused after {ok}: {body}"
+            ),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    let (status, body) = app.post_json("/v1/chat/completions", &hello(4)).await;
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("spend budget"), "{message}");
+    let budget = loop {
+        let list = budgets::list_budgets(&db, tenant_id).await.unwrap();
+        if list[0].reserved == 0 {
+            break list[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        budget.spent,
+        3 * cost,
+        "spent at the price, to the micro-unit"
+    );
 }
