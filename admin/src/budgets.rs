@@ -157,6 +157,29 @@ impl Budget {
     }
 }
 
+/// How much a budget allows per period, in what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub unit: Unit,
+    pub amount: i64,
+}
+
+impl Cap {
+    pub fn tokens(amount: i64) -> Self {
+        Self {
+            unit: Unit::Tokens,
+            amount,
+        }
+    }
+
+    pub fn micros(amount: i64) -> Self {
+        Self {
+            unit: Unit::Micros,
+            amount,
+        }
+    }
+}
+
 /// Set the budget of a tenant (`key` None) or of one of its keys, replacing the amount and period
 /// of an existing one (spend so far in the current period still counts).
 pub async fn set_budget(
@@ -164,11 +187,11 @@ pub async fn set_budget(
     scope: Scope,
     tenant_id: i64,
     key_public_id: Option<&str>,
-    unit: Unit,
-    amount: i64,
+    cap: Cap,
     period: Period,
     actor: &Actor,
 ) -> Result<budget::Model> {
+    let Cap { unit, amount } = cap;
     if !scope.covers(tenant_id) {
         return Err(AdminError::NotFound("tenant"));
     }

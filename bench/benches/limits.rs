@@ -119,8 +119,7 @@ async fn policies_on(url: &str) -> (Policies, Vec<budgets::Budget>) {
         Scope::Platform,
         tenant.id,
         None,
-        budgets::Unit::Tokens,
-        i64::MAX / 4,
+        budgets::Cap::tokens(i64::MAX / 4),
         Period::Monthly,
         &actor,
     )

@@ -362,8 +362,10 @@ pub async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
                 Scope::Platform,
                 tenant.id,
                 key.as_deref(),
-                unit,
-                value,
+                budgets::Cap {
+                    unit,
+                    amount: value,
+                },
                 period,
                 &Actor::cli(),
             )

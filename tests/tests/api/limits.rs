@@ -351,8 +351,7 @@ async fn budget_race(apps: &[TestApp], db: &DatabaseConnection) {
         Scope::Platform,
         tenant.id,
         None,
-        budgets::Unit::Tokens,
-        cap,
+        budgets::Cap::tokens(cap),
         Period::Monthly,
         &Actor::cli(),
     )
@@ -500,8 +499,7 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
                 Scope::Platform,
                 tenant_id,
                 None,
-                budgets::Unit::Tokens,
-                tokens,
+                budgets::Cap::tokens(tokens),
                 Period::Monthly,
                 &Actor::cli(),
             )
@@ -590,8 +588,7 @@ async fn a_money_budget_is_spent_at_the_model_price_and_holds_exactly() {
                 Scope::Platform,
                 tenant_id,
                 None,
-                budgets::Unit::Micros,
-                micros,
+                budgets::Cap::micros(micros),
                 Period::Monthly,
                 &Actor::cli(),
             )
