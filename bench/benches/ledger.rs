@@ -113,9 +113,69 @@ fn ledger(c: &mut Criterion) {
     group.finish();
 }
 
+/// Console-style queries over a ledger of 1,000,000 events spread over 30 days (50 tenants,
+/// 500 keys, 3 models): a tenant's month by day and model (usage API), and the finance export
+/// of the month by day, tenant, key and model. Both read the daily rollups.
+fn queries(c: &mut Criterion) {
+    use aiaas_admin::usage::{self, ExportQuery, GroupBy};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("million.db").display());
+    let db = rt.block_on(database(&url));
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        for batch in 0..1000 {
+            let events: Vec<UsageEvent> = (0..1000)
+                .map(|i| {
+                    let mut e = event();
+                    let at = start + chrono::Duration::seconds((batch * 1000 + i) * 2);
+                    e.started_at = at;
+                    e.first_token_at = Some(at);
+                    e.finished_at = at;
+                    e
+                })
+                .collect();
+            write_batch(&db, &events, &[]).await.expect("write");
+        }
+    });
+    eprintln!("wrote 1,000,000 events in {:?}", started.elapsed());
+    let from = {
+        let s = start.timestamp();
+        chrono::DateTime::from_timestamp(s - s.rem_euclid(86_400), 0).expect("time")
+    };
+    let to = from + chrono::Duration::days(31);
+    c.bench_function("ledger/usage API: one tenant, 31 days by day and model (1M events)", |b| {
+        b.iter(|| {
+            rt.block_on(usage::buckets(
+                &db,
+                7,
+                from,
+                to,
+                86_400,
+                &["/v1/chat/completions"],
+                &[GroupBy::Model],
+            ))
+            .expect("query")
+        })
+    });
+    let query = ExportQuery {
+        from,
+        to,
+        tenant_id: None,
+        group_by: vec![GroupBy::Day, GroupBy::Tenant, GroupBy::Key, GroupBy::Model],
+    };
+    c.bench_function("ledger/export: 31 days by day, tenant, key, model (1M events)", |b| {
+        b.iter(|| rt.block_on(usage::export(&db, &query)).expect("export"))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(8));
-    targets = ledger
+    targets = ledger, queries
 }
 criterion_main!(benches);
