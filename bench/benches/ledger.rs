@@ -148,29 +148,33 @@ fn queries(c: &mut Criterion) {
         chrono::DateTime::from_timestamp(s - s.rem_euclid(86_400), 0).expect("time")
     };
     let to = from + chrono::Duration::days(31);
-    c.bench_function("ledger/usage API: one tenant, 31 days by day and model (1M events)", |b| {
-        b.iter(|| {
-            rt.block_on(usage::buckets(
-                &db,
-                7,
-                from,
-                to,
-                86_400,
-                &["/v1/chat/completions"],
-                &[GroupBy::Model],
-            ))
-            .expect("query")
-        })
-    });
+    c.bench_function(
+        "ledger/usage API: one tenant, 31 days by day and model (1M events)",
+        |b| {
+            b.iter(|| {
+                rt.block_on(usage::buckets(
+                    &db,
+                    7,
+                    from,
+                    to,
+                    86_400,
+                    &["/v1/chat/completions"],
+                    &[GroupBy::Model],
+                ))
+                .expect("query")
+            })
+        },
+    );
     let query = ExportQuery {
         from,
         to,
         tenant_id: None,
         group_by: vec![GroupBy::Day, GroupBy::Tenant, GroupBy::Key, GroupBy::Model],
     };
-    c.bench_function("ledger/export: 31 days by day, tenant, key, model (1M events)", |b| {
-        b.iter(|| rt.block_on(usage::export(&db, &query)).expect("export"))
-    });
+    c.bench_function(
+        "ledger/export: 31 days by day, tenant, key, model (1M events)",
+        |b| b.iter(|| rt.block_on(usage::export(&db, &query)).expect("export")),
+    );
 }
 
 criterion_group! {
