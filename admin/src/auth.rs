@@ -60,6 +60,8 @@ pub enum Credential {
     },
     /// Authentication is switched off.
     Anonymous,
+    /// An operator token minted by aiaas: reads any tenant's usage, runs nothing.
+    Operator,
 }
 
 /// Who is calling: yielded for every authenticated request.
@@ -412,6 +414,14 @@ impl Authenticator {
         }
         let token_models = claims.models.clone().map(Arc::from);
         let caller = match jwt_key.tenant_id {
+            None if claims.aiaas_role.as_deref() == Some(crate::jwt_keys::OPERATOR_ROLE) => {
+                let mut caller = Caller::anonymous();
+                caller.credential = Credential::Operator;
+                caller.subject = claims.sub.clone();
+                // Run no model: an empty allowlist.
+                caller.key_models = Some(Arc::from(Vec::new()));
+                caller
+            }
             None => {
                 let Some(public_id) = claims.aiaas_key.as_deref() else {
                     return Lookup::Done(Err(AuthError::Refused("minted JWT without key")));

@@ -35,7 +35,13 @@ pub struct Claims {
     /// signed by a tenant's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aiaas_key: Option<String>,
+    /// Tokens minted by aiaas for operators: `operator` (read any tenant's usage; run nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aiaas_role: Option<String>,
 }
+
+/// The `aiaas_role` of an operator token.
+pub const OPERATOR_ROLE: &str = "operator";
 
 /// The algorithms a verification key may be pinned to.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm> {
@@ -328,9 +334,64 @@ pub async fn mint_key_token(
                 sub,
                 models,
                 aiaas_key: Some(key.public_id),
+                aiaas_role: None,
             },
         },
         &EncodingKey::from_secret(&secret),
     )
     .map_err(|e| AdminError::invalid("token", format!("cannot sign the token: {e}")))
+}
+
+/// Mint a short-lived operator token (at most 24 h): it reads any tenant's usage through the
+/// usage API and can run no model. Minting is audited; `name` says who it is for.
+pub async fn mint_operator_token(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    name: &str,
+    ttl: Duration,
+    actor: &crate::audit::Actor,
+) -> Result<String> {
+    if ttl <= Duration::zero() || ttl > Duration::hours(24) {
+        return Err(AdminError::invalid(
+            "ttl",
+            "an operator token lives between 1 second and 24 hours",
+        ));
+    }
+    let signing = ensure_platform_key(db).await?;
+    let secret = decode_secret(signing.secret.as_deref().unwrap_or_default())?;
+    let now = Utc::now();
+    #[derive(Serialize)]
+    struct Minted<'a> {
+        iss: &'a str,
+        iat: i64,
+        exp: i64,
+        sub: &'a str,
+        aiaas_role: &'a str,
+    }
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(signing.kid.clone());
+    let token = jsonwebtoken::encode(
+        &header,
+        &Minted {
+            iss: PLATFORM_ISSUER,
+            iat: now.timestamp(),
+            exp: (now + ttl).timestamp(),
+            sub: name,
+            aiaas_role: OPERATOR_ROLE,
+        },
+        &EncodingKey::from_secret(&secret),
+    )
+    .map_err(|e| AdminError::invalid("token", format!("cannot sign the token: {e}")))?;
+    crate::audit::insert_event(
+        db,
+        actor,
+        crate::audit::Event {
+            tenant_id: None,
+            action: "operator_token.mint",
+            object_type: "operator_token",
+            object_id: name.to_string(),
+            detail: Some(serde_json::json!({ "expires_at": now + ttl })),
+        },
+    )
+    .await?;
+    Ok(token)
 }

@@ -19,6 +19,11 @@ pub struct Authenticated(pub Caller);
 impl Authenticated {
     /// 403 unless the key (and the token, if any) allows `model`.
     pub fn require_model(&self, model: &str) -> Result<(), ApiError> {
+        if self.0.credential == aiaas_admin::auth::Credential::Operator {
+            return Err(ApiError::forbidden(
+                "An operator token reads usage; it cannot run models.",
+            ));
+        }
         if self.0.may_use(model) {
             Ok(())
         } else {

@@ -48,6 +48,17 @@ pub enum Command {
     /// Usage for finance.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// Mint a short-lived operator token (reads any tenant's usage over HTTP; runs nothing).
+    OperatorToken {
+        /// Who the token is for (recorded in the audit log and as the token's `sub`).
+        #[arg(long)]
+        name: String,
+        /// Lifetime, at most 24h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -570,3 +570,11 @@ pub async fn usage(command: UsageCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub async fn operator_token(name: &str, ttl: &str, db: &DbArgs) -> anyhow::Result<()> {
+    let conn = open(db).await?;
+    let ttl = aiaas_admin::parse_duration(ttl)?;
+    let token = jwt_keys::mint_operator_token(&conn, name, ttl, &Actor::cli()).await?;
+    println!("{token}");
+    Ok(())
+}

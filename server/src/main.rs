@@ -70,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
             init_tracing("text", "warn");
             commands::usage(command).await
         }
+        Command::OperatorToken { name, ttl, db } => {
+            init_tracing("text", "warn");
+            commands::operator_token(&name, &ttl, &db).await
+        }
     }
 }
 

@@ -171,6 +171,41 @@ async fn report(
         ));
     }
     let query = parse_query(&req)?;
+    // Operators name the tenant; a tenant's credential reads its own tenant only.
+    let asked = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().into_iter().find(|(k, _)| k == "tenant"))
+        .map(|(_, v)| v);
+    let tenant_id = match (&caller.0.credential, asked) {
+        (Credential::Operator, None) => {
+            return Err(ApiError::invalid(
+                "tenant",
+                "An operator token must name the `tenant` whose usage it reads.",
+            ))
+        }
+        (_, Some(name)) => {
+            let tenant = aiaas_admin::tenants::find_tenant_by_name(&state.db, &name)
+                .await
+                .map_err(|err| {
+                    tracing::error!(error = %err, "tenant lookup failed");
+                    ApiError::internal()
+                })?;
+            match tenant {
+                Some(t)
+                    if caller.0.credential == Credential::Operator
+                        || t.id == caller.0.tenant_id =>
+                {
+                    t.id
+                }
+                _ => {
+                    return Err(ApiError::forbidden(
+                        "A tenant's credential reads its own tenant's usage only.",
+                    ))
+                }
+            }
+        }
+        (_, None) => caller.0.tenant_id,
+    };
     let endpoints = match kind {
         Report::Completions => COMPLETIONS,
         Report::Embeddings => EMBEDDINGS,
@@ -181,7 +216,7 @@ async fn report(
     let until = query.end.min(query.start + span);
     let mut buckets = usage::buckets(
         &state.db,
-        caller.0.tenant_id,
+        tenant_id,
         query.start,
         until,
         query.width,

@@ -801,6 +801,36 @@ async fn the_usage_api_reports_the_ledger_per_tenant_in_openai_shape() {
             .status(),
         401
     );
+
+    // A tenant names only itself; an operator token names any tenant, and runs no model.
+    let path = format!("/v1/organization/usage/completions?start_time={start}&bucket_width=1h");
+    let (status, _) = b.get_json(&format!("{path}&tenant=usage-a")).await;
+    assert_eq!(status, 403);
+    let (status, page) = a.get_json(&format!("{path}&tenant=usage-a")).await;
+    assert_eq!((status, sum(&page, "num_model_requests")), (200, 3));
+    let token = aiaas_admin::jwt_keys::mint_operator_token(
+        &db,
+        "finance-bot",
+        chrono::Duration::minutes(10),
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let operator = app.with_key(Some(&token));
+    let (status, page) = operator.get_json(&format!("{path}&tenant=usage-a")).await;
+    assert_eq!((status, sum(&page, "num_model_requests")), (200, 3));
+    let (status, body) = operator.get_json(&path).await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("tenant"))
+    );
+    let res = operator
+        .post(
+            "/v1/chat/completions",
+            &super::chat(CHAT, json!({"max_tokens": 1})),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
 }
 
 #[tokio::test]
