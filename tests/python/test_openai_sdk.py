@@ -300,3 +300,47 @@ def test_the_ledger_reconciles_with_the_usage_every_client_received(server):
         assert rows[request_id][:3] == (prompt, completion, "ok"), request_id
     assert rows[silent][2] == "ok" and 1 <= rows[silent][1] <= 3
     assert rows[failed][2:] == ("error", 400) and rows[failed][:2] == (0, 0)
+
+
+def test_the_usage_export_opens_in_libreoffice_with_the_same_values(server, client, tmp_path):
+    """The finance CSV, read by LibreOffice Calc (headless) and written back: same rows, same
+    text, same numbers (money to the micro-unit)."""
+    import csv
+    import datetime
+    import os
+    import shutil
+    import subprocess
+    import time
+    from decimal import Decimal
+
+    soffice = shutil.which("soffice")
+    if soffice is None:
+        assert not os.environ.get("AIAAS_REQUIRE_LIBREOFFICE"), "LibreOffice is required"
+        pytest.skip("LibreOffice is not installed (.ci/run installs it when it can)")
+    client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=2, user='ann, "quoted"')
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    args = ["usage", "export", "--from", str(today), "--to", str(today + datetime.timedelta(days=1)),
+            "--group-by", "day,key,model,user"]
+    deadline = time.monotonic() + 20
+    while True:
+        out = subprocess.run([os.environ["AIAAS_BIN"], *args, "--database-url", server.database_url],
+                             check=True, capture_output=True)
+        if b'"ann, ""quoted"""' in out.stdout:
+            break
+        assert time.monotonic() < deadline, out.stdout
+        time.sleep(0.1)
+    original = tmp_path / "usage.csv"
+    original.write_bytes(out.stdout)
+    filt = "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false"
+    subprocess.run([soffice, "--headless", "--convert-to", filt, "--outdir", str(tmp_path / "lo"), str(original)],
+                   check=True, capture_output=True, timeout=180, env={**os.environ, "HOME": str(tmp_path)})
+    read = lambda p: list(csv.reader(p.read_text(encoding="utf-8").splitlines()))
+    ours, theirs = read(original), read(tmp_path / "lo" / "usage.csv")
+    assert len(ours) == len(theirs) > 1 and ours[0] == theirs[0]
+    for a_row, b_row in zip(ours[1:], theirs[1:]):
+        assert len(a_row) == len(b_row)
+        for a, b in zip(a_row, b_row):
+            try:
+                assert Decimal(a) == Decimal(b), (a, b)
+            except ArithmeticError:
+                assert a == b, (a, b)
