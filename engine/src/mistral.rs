@@ -932,6 +932,7 @@ pub async fn embed(
     served: &Served,
     input: EmbeddingInput,
 ) -> Result<Embeddings, EngineError> {
+    reject_single_token_inputs(model, served, &input).await?;
     let messages: Vec<RequestMessage> = match input {
         EmbeddingInput::Texts(texts) => texts
             .into_iter()
@@ -943,8 +944,45 @@ pub async fn embed(
             .collect(),
     };
     let sender = sender_of(model)?;
-    let _ = served;
     detached(embed_all(sender, messages)).await
+}
+
+/// mistral.rs 0.8.1 builds no attention mask for a one-token sequence and its Qwen3-Embedding
+/// forward pass then panics (`unreachable!`), killing the engine thread and every request in
+/// flight on the model, other tenants' included. Refuse such inputs up front with a 400.
+async fn reject_single_token_inputs(
+    model: &mistralrs::Model,
+    served: &Served,
+    input: &EmbeddingInput,
+) -> Result<(), EngineError> {
+    let too_short = |index: usize, tokens: usize| EngineError::InvalidRequest {
+        param: "input",
+        message: format!(
+            "Input {index} has {tokens} token{}; model `{}` needs at least 2 tokens per input.",
+            if tokens == 1 { "" } else { "s" },
+            served.info.id
+        ),
+    };
+    match input {
+        EmbeddingInput::Tokens(rows) => {
+            if let Some((i, row)) = rows.iter().enumerate().find(|(_, row)| row.len() < 2) {
+                return Err(too_short(i, row.len()));
+            }
+        }
+        EmbeddingInput::Texts(texts) => {
+            for (i, text) in texts.iter().enumerate() {
+                let input = TokenizeInput::Text {
+                    text: text.clone(),
+                    add_special_tokens: true,
+                };
+                let tokens = tokenize(model, input).await?.len();
+                if tokens < 2 {
+                    return Err(too_short(i, tokens));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn embed_all(

@@ -890,6 +890,45 @@ async fn dimensions_truncate_where_allowed_and_are_refused_elsewhere() {
     assert_eq!(status, 400);
 }
 
+#[tokio::test]
+async fn one_token_inputs_to_qwen3_embedding_get_a_400_and_the_model_keeps_serving() {
+    // mistral.rs 0.8.1's Qwen3-Embedding panics on a one-token sequence, taking the model's
+    // engine thread (and everyone's requests on it) down; the engine refuses them first.
+    let app = spawn_app();
+    let (_, t) = app
+        .post_json("/tokenize", &json!({"model": EMBED, "prompt": "a"}))
+        .await;
+    assert_eq!(t["count"], 1, "{t}");
+    for input in [json!("a"), json!(["hello world", "a"]), json!([[42]])] {
+        let (status, err) = app
+            .post_json("/v1/embeddings", &json!({"model": EMBED, "input": input}))
+            .await;
+        assert_eq!(status, 400, "{input}: {err}");
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+        assert_eq!(err["error"]["param"], "input", "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at least 2 tokens"),
+            "{err}"
+        );
+    }
+    let (status, ok) = app
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": EMBED, "input": ["hello world", "a b"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["data"].as_array().unwrap().len(), 2);
+    // The BERT model has no such limit.
+    let (status, _) = app
+        .post_json("/v1/embeddings", &json!({"model": BERT, "input": [[42]]}))
+        .await;
+    assert_eq!(status, 200);
+}
+
 // ---------- tokenize ----------
 
 #[tokio::test]
