@@ -4,9 +4,11 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod columns;
 mod m20261123_000001_tenancy;
 mod m20261124_000001_limits_budgets;
 mod m20261124_000002_ledger;
+mod m20261124_000003_console;
 
 pub struct Migrator;
 
@@ -17,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_tenancy::Migration),
             Box::new(m20261124_000001_limits_budgets::Migration),
             Box::new(m20261124_000002_ledger::Migration),
+            Box::new(m20261124_000003_console::Migration),
         ]
     }
 }

@@ -29,6 +29,10 @@ pub struct Model {
     pub rpm_burst: Option<i64>,
     pub tpm_burst: Option<i64>,
     pub max_concurrent: Option<i64>,
+    /// After a rotation: the hash of the secret it replaced, valid until `previous_valid_until`.
+    pub previous_secret_hash: Option<String>,
+    pub previous_valid_until: Option<DateTimeUtc>,
+    pub rotated_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,6 +5,7 @@ pub mod audit_log;
 pub mod budget;
 pub mod budget_reservation;
 pub mod budget_usage;
+pub mod console_session;
 pub mod jwt_key;
 pub mod model_price;
 pub mod tenant;

@@ -17,6 +17,8 @@ pub struct Model {
     pub max_concurrent: Option<i64>,
     /// Set by every write that matters to admission (limits); the limits cache polls it.
     pub updated_at: Option<DateTimeUtc>,
+    /// A suspended tenant's keys and tokens are refused (set by an operator).
+    pub suspended_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,12 @@ pub struct Model {
     pub tenant_id: Option<i64>,
     pub created_at: DateTimeUtc,
     pub disabled_at: Option<DateTimeUtc>,
+    /// Wrong passwords since the last successful sign-in.
+    pub failed_logins: i32,
+    /// Sign-in refused until then (too many wrong passwords).
+    pub locked_until: Option<DateTimeUtc>,
+    pub password_changed_at: Option<DateTimeUtc>,
+    pub last_login_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,7 +1,9 @@
 //! The ledger writer: journal → database in batches. Each batch is one transaction: the events
 //! not yet in `usage_events` (idempotent on the request id, so a replay writes nothing twice),
 //! priced at the price in force when each request started, and their sums added to the hourly
-//! and daily rollups.
+//! and daily rollups: fine ones (`hour`, `day`: per tenant, key, model, end user, endpoint) and
+//! coarse ones for dashboards (`tenant_hour`, `tenant_day`: per tenant, model, endpoint, with
+//! key 0 and no end user), all in the same transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
@@ -43,8 +45,16 @@ struct Sums {
     cost: i64,
 }
 
+/// Every rollup an event is added to: (granularity, whether it keeps the key and end user).
+const ROLLUPS: [(&str, bool); 4] = [
+    ("hour", true),
+    ("day", true),
+    ("tenant_hour", false),
+    ("tenant_day", false),
+];
+
 fn bucket(at: DateTime<Utc>, granularity: &'static str) -> DateTime<Utc> {
-    let step = if granularity == "hour" {
+    let step = if granularity.ends_with("hour") {
         chrono::Duration::hours(1)
     } else {
         chrono::Duration::days(1)
@@ -83,14 +93,18 @@ pub async fn write_batch(
         let cost = price.map_or(0, |p| {
             prices::cost_micros(p, event.prompt_tokens, event.completion_tokens)
         });
-        for granularity in ["hour", "day"] {
+        for (granularity, fine) in ROLLUPS {
             let key = (
                 granularity,
                 bucket(event.started_at, granularity),
                 event.tenant_id.unwrap_or(0),
-                event.key_id.unwrap_or(0),
+                if fine { event.key_id.unwrap_or(0) } else { 0 },
                 event.model.clone(),
-                event.end_user.clone().unwrap_or_default(),
+                if fine {
+                    event.end_user.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
                 event.endpoint.clone(),
             );
             let s = sums.entry(key).or_default();

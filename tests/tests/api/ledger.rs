@@ -126,6 +126,8 @@ async fn batches_are_priced_when_each_request_started_and_replays_write_nothing_
         });
         assert_eq!(rollup_sums(&db, "hour").await, raw, "{backend:?}");
         assert_eq!(rollup_sums(&db, "day").await, raw, "{backend:?}");
+        assert_eq!(rollup_sums(&db, "tenant_hour").await, raw, "{backend:?}");
+        assert_eq!(rollup_sums(&db, "tenant_day").await, raw, "{backend:?}");
         let hours = usage_rollup::Entity::find()
             .filter(usage_rollup::Column::Granularity.eq("hour"))
             .filter(usage_rollup::Column::Model.eq("m"))
@@ -325,6 +327,7 @@ async fn every_admitted_request_is_recorded_once_with_the_usage_its_client_saw()
     });
     assert_eq!(rollup_sums(&db, "hour").await, raw);
     assert_eq!(rollup_sums(&db, "day").await, raw);
+    assert_eq!(rollup_sums(&db, "tenant_day").await, raw);
 }
 
 #[tokio::test]
