@@ -80,3 +80,26 @@ pub async fn list_events(
         .all(db)
         .await?)
 }
+
+/// One page (from 0) of the audit trail of a tenant (or of the platform), newest first, and the
+/// number of rows over all pages.
+pub async fn list_events_page(
+    db: &impl ConnectionTrait,
+    tenant_id: Option<i64>,
+    page: u64,
+    per_page: u64,
+) -> Result<(Vec<audit_log::Model>, u64)> {
+    use sea_orm::{PaginatorTrait, QuerySelect};
+    let mut query = audit_log::Entity::find();
+    if let Some(tenant) = tenant_id {
+        query = query.filter(audit_log::Column::TenantId.eq(tenant));
+    }
+    let total = query.clone().count(db).await?;
+    let rows = query
+        .order_by_desc(audit_log::Column::Id)
+        .offset(page * per_page)
+        .limit(per_page)
+        .all(db)
+        .await?;
+    Ok((rows, total))
+}

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use subtle::ConstantTimeEq;
 
-use crate::entity::{api_key, jwt_key};
+use crate::entity::{api_key, jwt_key, tenant};
 use crate::jwt_keys::{decoding_key, Claims};
 use crate::keys::{self, parse_hex32, parse_key};
 use crate::limits::Limits;
@@ -120,6 +120,8 @@ struct CachedKey {
     public_id: Arc<str>,
     tenant_id: i64,
     hash: [u8; 32],
+    /// After a rotation: the replaced secret's hash and until when it is still accepted.
+    previous: Option<([u8; 32], DateTime<Utc>)>,
     models: Option<Arc<[String]>>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
@@ -135,6 +137,11 @@ impl CachedKey {
             tenant_id: row.tenant_id,
             // An unreadable hash can never match: all-zero is not a SHA-256 anyone can produce.
             hash: parse_hex32(&row.secret_hash).unwrap_or([0; 32]),
+            previous: row
+                .previous_secret_hash
+                .as_deref()
+                .and_then(parse_hex32)
+                .zip(row.previous_valid_until),
             models: keys::allowed_models(row).map(Arc::from),
             expires_at: row.expires_at,
             revoked: row.revoked_at.is_some(),
@@ -229,6 +236,8 @@ struct Inner {
     keys: RwLock<HashMap<String, Arc<CachedKey>>>,
     jwt_keys: RwLock<HashMap<String, Arc<CachedJwtKey>>>,
     tokens: RwLock<HashMap<String, Arc<VerifiedToken>>>,
+    /// Tenants an operator suspended: every credential of theirs is refused.
+    suspended: RwLock<std::collections::HashSet<i64>>,
     touched: Mutex<HashMap<i64, DateTime<Utc>>>,
     marks: Mutex<Marks>,
     /// Public ids the database did not know, and when it was asked: a burst of requests with the
@@ -273,6 +282,7 @@ impl Authenticator {
                 keys: RwLock::default(),
                 jwt_keys: RwLock::default(),
                 tokens: RwLock::default(),
+                suspended: RwLock::default(),
                 touched: Mutex::default(),
                 marks: Mutex::default(),
                 unknown: Mutex::default(),
@@ -353,12 +363,19 @@ impl Authenticator {
             return Lookup::MissKey(parsed.public_id.to_string());
         };
         let hash = keys::hash_secret(parsed.secret);
-        if !bool::from(hash.ct_eq(&key.hash)) {
+        let now = Utc::now();
+        let current = bool::from(hash.ct_eq(&key.hash));
+        let previous = key
+            .previous
+            .is_some_and(|(old, until)| bool::from(hash.ct_eq(&old)) & (now < until));
+        if !(current | previous) {
             return Lookup::Done(Err(AuthError::Refused("wrong secret")));
         }
-        let now = Utc::now();
         if !key.usable(now) {
             return Lookup::Done(Err(AuthError::Refused("revoked or expired key")));
+        }
+        if self.inner.is_suspended(key.tenant_id) {
+            return Lookup::Done(Err(AuthError::Refused("suspended tenant")));
         }
         self.inner.touch(key.id, now);
         Lookup::Done(Ok(caller_for_key(&key, Credential::ApiKey, None, None)))
@@ -368,6 +385,11 @@ impl Authenticator {
         let now = Utc::now();
         if let Some(hit) = read(&self.inner.tokens).get(token).cloned() {
             if (now.timestamp() as f64) < hit.exp + self.inner.settings.jwt_leeway_secs as f64 {
+                if hit.caller.credential != Credential::Operator
+                    && self.inner.is_suspended(hit.caller.tenant_id)
+                {
+                    return Lookup::Done(Err(AuthError::Refused("suspended tenant")));
+                }
                 let Some(public_id) = hit.caller.key_public_id.as_deref() else {
                     return Lookup::Done(Ok(hit.caller.clone()));
                 };
@@ -448,6 +470,9 @@ impl Authenticator {
                 key_limits: Limits::default(),
             },
         };
+        if caller.credential != Credential::Operator && self.inner.is_suspended(caller.tenant_id) {
+            return Lookup::Done(Err(AuthError::Refused("suspended tenant")));
+        }
         if let Some(exp) = claims.exp {
             let mut tokens = write(&self.inner.tokens);
             if tokens.len() >= TOKEN_CACHE_MAX {
@@ -518,6 +543,11 @@ impl Inner {
         unknown.insert(public_id, Instant::now());
     }
 
+    fn is_suspended(&self, tenant_id: i64) -> bool {
+        let suspended = read(&self.suspended);
+        !suspended.is_empty() && suspended.contains(&tenant_id)
+    }
+
     fn touch(&self, key_id: i64, now: DateTime<Utc>) {
         lock(&self.touched).insert(key_id, now);
     }
@@ -574,6 +604,19 @@ impl Inner {
             jwt_query = jwt_query.filter(jwt_key::Column::UpdatedAt.gte(mark - REREAD_WINDOW));
         }
         let jwt_rows = jwt_query.all(&self.db).await?;
+        // Few rows (suspended tenants only), read in full every pass.
+        let suspended: std::collections::HashSet<i64> = tenant::Entity::find()
+            .select_only()
+            .column(tenant::Column::Id)
+            .filter(tenant::Column::SuspendedAt.is_not_null())
+            .into_tuple::<i64>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        if *read(&self.suspended) != suspended {
+            *write(&self.suspended) = suspended;
+        }
 
         let mut changed = false;
         for row in &key_rows {

@@ -67,7 +67,7 @@ pub(crate) fn random_id(len: usize) -> String {
         .collect()
 }
 
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -97,7 +97,7 @@ pub fn allowed_models(key: &api_key::Model) -> Option<Vec<String>> {
         .map(|json| serde_json::from_str(json).unwrap_or_default())
 }
 
-fn validate(new: &NewKey) -> Result<()> {
+pub(crate) fn validate(new: &NewKey) -> Result<()> {
     if let Some(name) = &new.name {
         if name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(AdminError::invalid(

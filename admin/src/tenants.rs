@@ -1,4 +1,4 @@
-//! Tenants: create, find, list.
+//! Tenants: create, find, list, suspend.
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
@@ -126,6 +126,44 @@ pub async fn bootstrap(db: &impl TransactionTrait) -> Result<Option<crate::keys:
     )
     .await?;
     Ok(Some(key))
+}
+
+/// Suspend a tenant (every key and token of theirs is refused within the auth refresh interval)
+/// or lift the suspension.
+pub async fn set_tenant_suspended(
+    db: &impl TransactionTrait,
+    tenant_id: i64,
+    suspended: bool,
+    actor: &Actor,
+) -> Result<tenant::Model> {
+    use sea_orm::IntoActiveModel;
+    let txn = crate::db::begin_write(db).await?;
+    let found = find_tenant(&txn, tenant_id)
+        .await?
+        .ok_or(AdminError::NotFound("tenant"))?;
+    let mut row = found.into_active_model();
+    let now = chrono::Utc::now();
+    row.suspended_at = Set(suspended.then_some(now));
+    row.updated_at = Set(Some(now));
+    let updated = row.update(&txn).await?;
+    audit::insert_event(
+        &txn,
+        actor,
+        Event {
+            tenant_id: Some(tenant_id),
+            action: if suspended {
+                "tenant.suspend"
+            } else {
+                "tenant.resume"
+            },
+            object_type: "tenant",
+            object_id: tenant_id.to_string(),
+            detail: None,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(updated)
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub struct ExportQuery {
     pub to: DateTime<Utc>,
     pub tenant_id: Option<i64>,
     pub group_by: Vec<GroupBy>,
+    /// Only these keys / models / end users / groups with errors (the console's filters).
+    pub filters: crate::insights::Filters,
 }
 
 /// Sums of one group.
@@ -149,6 +151,19 @@ pub async fn export(db: &impl ConnectionTrait, query: &ExportQuery) -> Result<Ve
         .order_by_asc(usage_rollup::Column::BucketStart);
     if let Some(tenant_id) = query.tenant_id {
         select = select.filter(usage_rollup::Column::TenantId.eq(tenant_id));
+    }
+    let f = &query.filters;
+    if let Some(key) = f.key_id {
+        select = select.filter(usage_rollup::Column::KeyId.eq(key));
+    }
+    if let Some(model) = &f.model {
+        select = select.filter(usage_rollup::Column::Model.eq(model.as_str()));
+    }
+    if let Some(user) = &f.end_user {
+        select = select.filter(usage_rollup::Column::EndUser.eq(user.as_str()));
+    }
+    if f.errors_only {
+        select = select.filter(usage_rollup::Column::Errors.gt(0));
     }
     let rollups = select.all(db).await?;
     let tenants: HashMap<i64, String> = tenant::Entity::find()
@@ -312,7 +327,8 @@ pub struct Mismatch {
 type Group = (DateTime<Utc>, i64, i64, String, String, String);
 
 /// Prove the rollups of whole days `[from, to)` equal the raw events of those days, hourly and
-/// daily. Run it only over days whose raw events have not been pruned.
+/// daily, fine (per key and end user) and coarse (per tenant). Run it only over days whose raw
+/// events have not been pruned.
 pub async fn reconcile(
     db: &impl ConnectionTrait,
     from: DateTime<Utc>,
@@ -331,8 +347,17 @@ pub async fn reconcile(
         .all(db)
         .await?;
     let mut mismatches = Vec::new();
-    for granularity in ["hour", "day"] {
-        let step = if granularity == "hour" { 3600 } else { 86_400 };
+    for (granularity, fine) in [
+        ("hour", true),
+        ("day", true),
+        ("tenant_hour", false),
+        ("tenant_day", false),
+    ] {
+        let step = if granularity.ends_with("hour") {
+            3600
+        } else {
+            86_400
+        };
         let mut expected: HashMap<Group, Totals> = HashMap::new();
         for e in &events {
             let secs = e.started_at.timestamp();
@@ -341,9 +366,13 @@ pub async fn reconcile(
                 .entry((
                     start,
                     e.tenant_id.unwrap_or(0),
-                    e.key_id.unwrap_or(0),
+                    if fine { e.key_id.unwrap_or(0) } else { 0 },
                     e.model.clone(),
-                    e.end_user.clone().unwrap_or_default(),
+                    if fine {
+                        e.end_user.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
                     e.endpoint.clone(),
                 ))
                 .or_default();
@@ -549,6 +578,7 @@ pub async fn statement(
         to: at(next)?,
         tenant_id: Some(tenant_id),
         group_by: vec![GroupBy::Model],
+        filters: Default::default(),
     };
     let rows = export(db, &query).await?;
     let mut total = Totals::default();

@@ -53,6 +53,24 @@ pub struct NewUser {
 
 const MIN_PASSWORD: usize = 12;
 
+/// A password long enough to resist guessing (length is what matters; no composition rules).
+pub fn check_password_strength(password: &SecretString) -> Result<()> {
+    let chars = password.expose_secret().chars().count();
+    if chars < MIN_PASSWORD {
+        return Err(AdminError::invalid(
+            "password",
+            format!("the password must have at least {MIN_PASSWORD} characters"),
+        ));
+    }
+    if chars > 1024 {
+        return Err(AdminError::invalid(
+            "password",
+            "the password may have at most 1024 characters",
+        ));
+    }
+    Ok(())
+}
+
 pub fn hash_password(password: &SecretString) -> Result<String> {
     let mut bytes = [0u8; 16];
     rand::Rng::fill(&mut rand::rng(), &mut bytes);
@@ -102,12 +120,7 @@ pub async fn insert_user(
         }
         _ => {}
     }
-    if new.password.expose_secret().chars().count() < MIN_PASSWORD {
-        return Err(AdminError::invalid(
-            "password",
-            format!("the password must have at least {MIN_PASSWORD} characters"),
-        ));
-    }
+    check_password_strength(&new.password)?;
     let hash = hash_password(&new.password)?;
     let txn = crate::db::begin_write(db).await?;
     if find_user_by_email(&txn, &email).await?.is_some() {
@@ -171,6 +184,70 @@ pub async fn authenticate_user(
     };
     let ok = verify_password(password, &phc);
     Ok(user.filter(|u| ok && u.disabled_at.is_none()))
+}
+
+/// Console users `scope` may see: every user for the platform, the tenant's users otherwise.
+pub async fn list_users(
+    db: &impl ConnectionTrait,
+    scope: crate::Scope,
+) -> Result<Vec<user::Model>> {
+    use sea_orm::QueryOrder;
+    let mut query = user::Entity::find();
+    if let crate::Scope::Tenant(tenant) = scope {
+        query = query.filter(user::Column::TenantId.eq(tenant));
+    }
+    Ok(query.order_by_asc(user::Column::Id).all(db).await?)
+}
+
+/// Disable (signing out every session) or re-enable a user in `scope`.
+pub async fn set_user_disabled(
+    db: &impl TransactionTrait,
+    scope: crate::Scope,
+    user_id: i64,
+    disabled: bool,
+    actor: &Actor,
+) -> Result<user::Model> {
+    use sea_orm::IntoActiveModel;
+    let txn = crate::db::begin_write(db).await?;
+    let found = user::Entity::find_by_id(user_id)
+        .one(&txn)
+        .await?
+        .filter(|u| match scope {
+            crate::Scope::Platform => true,
+            crate::Scope::Tenant(t) => u.tenant_id == Some(t),
+        })
+        .ok_or(AdminError::NotFound("user"))?;
+    if actor.user_id == Some(user_id) && disabled {
+        return Err(AdminError::invalid("user", "you cannot disable yourself"));
+    }
+    let tenant_id = found.tenant_id;
+    let mut row = found.into_active_model();
+    row.disabled_at = Set(disabled.then(chrono::Utc::now));
+    let updated = row.update(&txn).await?;
+    if disabled {
+        crate::entity::console_session::Entity::delete_many()
+            .filter(crate::entity::console_session::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await?;
+    }
+    audit::insert_event(
+        &txn,
+        actor,
+        Event {
+            tenant_id,
+            action: if disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            object_type: "user",
+            object_id: user_id.to_string(),
+            detail: None,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(updated)
 }
 
 #[cfg(test)]

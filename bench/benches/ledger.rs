@@ -170,6 +170,7 @@ fn queries(c: &mut Criterion) {
         to,
         tenant_id: None,
         group_by: vec![GroupBy::Day, GroupBy::Tenant, GroupBy::Key, GroupBy::Model],
+        filters: Default::default(),
     };
     c.bench_function(
         "ledger/export: 31 days by day, tenant, key, model (1M events)",

@@ -503,6 +503,7 @@ pub async fn usage(command: UsageCommand) -> anyhow::Result<()> {
                 to: ledger_usage::parse_time(&to)?,
                 tenant_id,
                 group_by: group_by.clone(),
+                filters: Default::default(),
             };
             let rows = ledger_usage::export(&conn, &query).await?;
             if format == "csv" {
