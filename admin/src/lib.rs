@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod budgets;
+pub mod console;
 pub mod db;
 pub mod entity;
 pub mod error;

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use aiaas_admin::auth::AuthSettings;
+use aiaas_admin::console::ConsoleSettings;
 use aiaas_admin::db::DatabaseSettings;
 use aiaas_admin::ledger::LedgerSettings;
 use aiaas_engine::{EngineConfig, ModelSpec};
@@ -19,6 +20,7 @@ pub struct Config {
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub ledger: LedgerSettings,
+    pub console: ConsoleSettings,
     pub engine: EngineConfig,
     pub models: Vec<ModelSpec>,
 }

@@ -172,6 +172,14 @@ fn ip_of(bind: &str) -> &str {
 
 fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Result<Server> {
     let limits = web::Data::new(state.limits.clone());
+    let console = config.console.enabled.then(|| {
+        web::Data::new(aiaas_admin::console::Console::new(
+            state.db.clone(),
+            config.console.clone(),
+            state.currency.clone(),
+            config.models.iter().map(|m| m.id.clone()).collect(),
+        ))
+    });
     let data = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
@@ -210,6 +218,12 @@ fn run(listener: TcpListener, state: AppState, config: &Config) -> anyhow::Resul
             .configure(routes::embeddings::configure)
             .configure(routes::tokenize::configure)
             .configure(routes::usage::configure)
+            .configure(|cfg| {
+                if let Some(console) = &console {
+                    cfg.app_data(console.clone());
+                    aiaas_admin::console::configure(cfg);
+                }
+            })
             .default_service(web::to(routes::not_found))
     })
     .listen(listener)?
