@@ -3,6 +3,7 @@
 //! generated), real HTTP. Random weights: assert structure and counts, never wording.
 
 mod auth;
+mod console;
 mod ledger;
 mod limits;
 
