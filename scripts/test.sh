@@ -20,6 +20,15 @@ export AIAAS_TEST_MODELS=$CACHE/tiny-models
 echo "== generating tiny models into $AIAAS_TEST_MODELS"
 "$AIAAS_PYTHON" tests/fixtures/make_models.py "$AIAAS_TEST_MODELS"
 
+# The console's browser test: playwright-core from npm (no browser download; Debian's chromium).
+if command -v npm >/dev/null; then
+  if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.aiaas-lock 2>/dev/null; then
+    echo "== installing playwright-core (npm ci)"
+    (cd tests/browser && npm ci --no-audit --no-fund --silent && cp package-lock.json node_modules/.aiaas-lock) ||
+      echo "npm ci failed: the browser test will skip"
+  fi
+fi
+
 echo "== cargo build"
 cargo build --workspace --all-targets --locked
 echo "== cargo test"
