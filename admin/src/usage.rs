@@ -8,6 +8,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 
 use crate::entity::{api_key, tenant, usage_rollup};
 use crate::error::{AdminError, Result};
+use crate::ledger::rollups::{Group, ROLLUPS};
 use crate::prices::format_micros;
 
 /// What a row of an export is grouped by.
@@ -324,10 +325,8 @@ pub struct Mismatch {
     pub rollup: Totals,
 }
 
-type Group = (DateTime<Utc>, i64, i64, String, String, String);
-
-/// Prove the rollups of whole days `[from, to)` equal the raw events of those days, hourly and
-/// daily, fine (per key and end user) and coarse (per tenant). Run it only over days whose raw
+/// Prove the rollups of whole days `[from, to)` equal the raw events of those days, for every
+/// rollup family (`ledger::rollups::ROLLUPS`). Run it only over days whose raw
 /// events have not been pruned.
 pub async fn reconcile(
     db: &impl ConnectionTrait,
@@ -347,33 +346,18 @@ pub async fn reconcile(
         .all(db)
         .await?;
     let mut mismatches = Vec::new();
-    for (granularity, fine) in [
-        ("hour", true),
-        ("day", true),
-        ("tenant_hour", false),
-        ("tenant_day", false),
-    ] {
-        let step = if granularity.ends_with("hour") {
-            3600
-        } else {
-            86_400
-        };
+    for rollup in ROLLUPS {
+        let granularity = rollup.granularity;
         let mut expected: HashMap<Group, Totals> = HashMap::new();
         for e in &events {
-            let secs = e.started_at.timestamp();
-            let start = DateTime::from_timestamp(secs - secs.rem_euclid(step), 0).unwrap_or(from);
             let t = expected
-                .entry((
-                    start,
-                    e.tenant_id.unwrap_or(0),
-                    if fine { e.key_id.unwrap_or(0) } else { 0 },
-                    e.model.clone(),
-                    if fine {
-                        e.end_user.clone().unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                    e.endpoint.clone(),
+                .entry(rollup.group(
+                    e.started_at,
+                    e.tenant_id,
+                    e.key_id,
+                    &e.model,
+                    e.end_user.as_deref(),
+                    &e.endpoint,
                 ))
                 .or_default();
             t.requests += 1;

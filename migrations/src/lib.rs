@@ -9,6 +9,7 @@ mod m20261123_000001_tenancy;
 mod m20261124_000001_limits_budgets;
 mod m20261124_000002_ledger;
 mod m20261124_000003_console;
+mod m20261124_000004_key_rollups;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_limits_budgets::Migration),
             Box::new(m20261124_000002_ledger::Migration),
             Box::new(m20261124_000003_console::Migration),
+            Box::new(m20261124_000004_key_rollups::Migration),
         ]
     }
 }

@@ -8,7 +8,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    /// `hour` or `day`.
+    /// The rollup family: `hour`, `day`, `tenant_hour`, `tenant_day`, `key_day`
+    /// (`aiaas_admin::ledger::rollups::ROLLUPS`).
     pub granularity: String,
     pub bucket_start: DateTimeUtc,
     /// `0`: no tenant (authentication off).

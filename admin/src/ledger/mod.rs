@@ -7,6 +7,7 @@
 //! written once when it comes back. Shutdown drains the journal.
 
 mod journal;
+pub mod rollups;
 mod writer;
 
 use std::path::PathBuf;

@@ -1,19 +1,18 @@
 //! The ledger writer: journal → database in batches. Each batch is one transaction: the events
 //! not yet in `usage_events` (idempotent on the request id, so a replay writes nothing twice),
 //! priced at the price in force when each request started, and their sums added to the hourly
-//! and daily rollups: fine ones (`hour`, `day`: per tenant, key, model, end user, endpoint) and
-//! coarse ones for dashboards (`tenant_hour`, `tenant_day`: per tenant, model, endpoint, with
-//! key 0 and no end user), all in the same transaction.
+//! and daily rollups of every family in `rollups::ROLLUPS`, all in the same transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set};
 use tokio::sync::watch;
 
+use super::rollups::ROLLUPS;
 use super::{Inner, LedgerSettings, UsageEvent};
 use crate::entity::{model_price, usage_event, usage_rollup};
 use crate::error::Result;
@@ -43,23 +42,6 @@ struct Sums {
     prompt: i64,
     completion: i64,
     cost: i64,
-}
-
-/// Every rollup an event is added to: (granularity, whether it keeps the key and end user).
-const ROLLUPS: [(&str, bool); 4] = [
-    ("hour", true),
-    ("day", true),
-    ("tenant_hour", false),
-    ("tenant_day", false),
-];
-
-fn bucket(at: DateTime<Utc>, granularity: &'static str) -> DateTime<Utc> {
-    let step = if granularity.ends_with("hour") {
-        chrono::Duration::hours(1)
-    } else {
-        chrono::Duration::days(1)
-    };
-    at.duration_trunc(step).unwrap_or(at)
 }
 
 /// Write a batch of events (and their rollups) in one transaction.
@@ -93,19 +75,23 @@ pub async fn write_batch(
         let cost = price.map_or(0, |p| {
             prices::cost_micros(p, event.prompt_tokens, event.completion_tokens)
         });
-        for (granularity, fine) in ROLLUPS {
+        for rollup in ROLLUPS {
+            let (start, tenant, key, model, user, endpoint) = rollup.group(
+                event.started_at,
+                event.tenant_id,
+                event.key_id,
+                &event.model,
+                event.end_user.as_deref(),
+                &event.endpoint,
+            );
             let key = (
-                granularity,
-                bucket(event.started_at, granularity),
-                event.tenant_id.unwrap_or(0),
-                if fine { event.key_id.unwrap_or(0) } else { 0 },
-                event.model.clone(),
-                if fine {
-                    event.end_user.clone().unwrap_or_default()
-                } else {
-                    String::new()
-                },
-                event.endpoint.clone(),
+                rollup.granularity,
+                start,
+                tenant,
+                key,
+                model,
+                user,
+                endpoint,
             );
             let s = sums.entry(key).or_default();
             s.requests += 1;

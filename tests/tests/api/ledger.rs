@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aiaas_admin::audit::Actor;
 use aiaas_admin::entity::{model_price, usage_event, usage_rollup};
+use aiaas_admin::ledger::rollups::ROLLUPS;
 use aiaas_admin::ledger::{write_batch, UsageEvent};
 use aiaas_admin::tenants;
 use aiaas_tests::*;
@@ -68,6 +69,214 @@ async fn rollup_sums(db: &DatabaseConnection, granularity: &str) -> (i64, i64, i
     })
 }
 
+/// The `key_day` migration back-fills per-key rollups equal to those the writer maintains, and
+/// its `down` removes them.
+#[tokio::test]
+async fn the_key_rollup_migration_backfills_what_the_writer_would_have_written() {
+    use aiaas_migrations::MigratorTrait;
+    for backend in TestDb::all() {
+        let (_, db) = fresh_migrated(backend).await;
+        let mut events = Vec::new();
+        for i in 0..40i64 {
+            let mut e = event(
+                &format!("kd{i}"),
+                ["m1", "m2", "m3"][(i % 3) as usize],
+                &format!("2026-11-{:02}T{:02}:05:00Z", 21 + i % 3, i % 24),
+                i,
+                2 * i,
+            );
+            e.key_id = Some(1 + i % 4);
+            e.end_user = Some(format!("u{}", i % 5));
+            events.push(e);
+        }
+        write_batch(&db, &events, &[]).await.unwrap();
+        let key_days = || async {
+            let mut rows: Vec<_> = usage_rollup::Entity::find()
+                .filter(usage_rollup::Column::Granularity.eq("key_day"))
+                .all(&db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.bucket_start,
+                        r.tenant_id,
+                        r.key_id,
+                        r.model,
+                        r.end_user,
+                        r.endpoint,
+                        r.requests,
+                        r.errors,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.cost_micros,
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        let written = key_days().await;
+        assert_eq!(written.len(), 12, "{backend:?}: 4 keys × 3 days");
+        aiaas_migrations::Migrator::down(&db, Some(1))
+            .await
+            .unwrap();
+        assert!(key_days().await.is_empty(), "{backend:?}");
+        aiaas_migrations::Migrator::up(&db, None).await.unwrap();
+        assert_eq!(key_days().await, written, "{backend:?}");
+    }
+}
+
+/// Every console aggregate (any grouping, any filter) equals the same sums computed from the raw
+/// events, whichever rollup family answers it.
+#[tokio::test]
+async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
+    use aiaas_admin::insights::{self, AggQuery, Dim, Filters, Granularity, GroupValue, Sort};
+    use std::collections::BTreeMap;
+    for backend in TestDb::all() {
+        let (_, db) = fresh_migrated(backend).await;
+        let prices = vec![price(1, "m1", "2026-11-01T00:00:00Z", 1_000_000, 3_000_000)];
+        let mut events = Vec::new();
+        for i in 0..120i64 {
+            let mut e = event(
+                &format!("agg{i}"),
+                ["m1", "m2"][(i % 2) as usize],
+                &format!("2026-11-{:02}T{:02}:17:00Z", 20 + i % 4, i % 24),
+                10 + i,
+                i % 7,
+            );
+            e.tenant_id = Some(1 + i % 2);
+            e.key_id = Some(10 + i % 5);
+            e.end_user = [None, Some("alice".into()), Some("bob".into())][(i % 3) as usize].clone();
+            e.endpoint = ["/v1/chat/completions", "/v1/embeddings"][(i % 4 / 3) as usize].into();
+            if i % 11 == 0 {
+                e.status = "error".into();
+            }
+            events.push(e);
+        }
+        write_batch(&db, &events, &prices).await.unwrap();
+        let raw = usage_event::Entity::find().all(&db).await.unwrap();
+        let from = at("2026-11-20T00:00:00Z");
+        let to = at("2026-11-25T00:00:00Z");
+        let filters = [
+            Filters::default(),
+            Filters {
+                key_id: Some(12),
+                ..Default::default()
+            },
+            Filters {
+                model: Some("m2".into()),
+                ..Default::default()
+            },
+            Filters {
+                end_user: Some("bob".into()),
+                ..Default::default()
+            },
+            Filters {
+                key_id: Some(11),
+                model: Some("m1".into()),
+                ..Default::default()
+            },
+        ];
+        let dims = [
+            None,
+            Some(Dim::Bucket),
+            Some(Dim::Key),
+            Some(Dim::Model),
+            Some(Dim::User),
+            Some(Dim::Endpoint),
+        ];
+        for granularity in [Granularity::Hour, Granularity::Day] {
+            for f in &filters {
+                for dim in dims {
+                    let query = AggQuery {
+                        tenant_id: Some(1),
+                        granularity,
+                        from,
+                        to,
+                        filters: f.clone(),
+                        group: dim,
+                    };
+                    let (rows, groups) = insights::grouped(&db, &query, Sort::Requests, 0, 1000)
+                        .await
+                        .unwrap();
+                    let mut want: BTreeMap<String, (i64, i64, i64, i64, i64)> = BTreeMap::new();
+                    for e in raw.iter().filter(|e| {
+                        e.tenant_id == Some(1)
+                            && f.key_id.is_none_or(|k| e.key_id == Some(k))
+                            && f.model.as_ref().is_none_or(|m| &e.model == m)
+                            && f.end_user
+                                .as_ref()
+                                .is_none_or(|u| e.end_user.as_ref() == Some(u))
+                    }) {
+                        let step = granularity.seconds();
+                        let secs = e.started_at.timestamp();
+                        let group = match dim {
+                            None => String::new(),
+                            Some(Dim::Bucket) => (secs - secs.rem_euclid(step)).to_string(),
+                            Some(Dim::Key) => e.key_id.unwrap().to_string(),
+                            Some(Dim::Model) => e.model.clone(),
+                            Some(Dim::User) => e.end_user.clone().unwrap_or_default(),
+                            Some(Dim::Endpoint) => e.endpoint.clone(),
+                        };
+                        let t = want.entry(group).or_default();
+                        t.0 += 1;
+                        t.1 += i64::from(e.status != "ok");
+                        t.2 += e.prompt_tokens;
+                        t.3 += e.completion_tokens;
+                        t.4 += e.cost_micros;
+                    }
+                    let got: BTreeMap<String, (i64, i64, i64, i64, i64)> = rows
+                        .iter()
+                        .map(|r| {
+                            let group = match &r.group {
+                                GroupValue::None => String::new(),
+                                GroupValue::Time(t) => t.timestamp().to_string(),
+                                GroupValue::Key(k) => k.to_string(),
+                                GroupValue::Text(t) => t.clone(),
+                            };
+                            let t = &r.totals;
+                            (
+                                group,
+                                (
+                                    t.requests,
+                                    t.errors,
+                                    t.prompt_tokens,
+                                    t.completion_tokens,
+                                    t.cost_micros,
+                                ),
+                            )
+                        })
+                        .collect();
+                    let case = format!("{backend:?} {granularity:?} {f:?} {dim:?}");
+                    if dim.is_none() && want.is_empty() {
+                        assert_eq!(got.values().next(), Some(&(0, 0, 0, 0, 0)), "{case}");
+                        continue;
+                    }
+                    assert_eq!(got, want, "{case}");
+                    if dim.is_some() {
+                        assert_eq!(groups as usize, want.len(), "{case}");
+                    }
+                }
+            }
+        }
+        // A page past the end is empty and still knows how many groups there are.
+        let query = AggQuery {
+            tenant_id: Some(1),
+            granularity: Granularity::Day,
+            from,
+            to,
+            filters: Filters::default(),
+            group: Some(Dim::Key),
+        };
+        let (rows, groups) = insights::grouped(&db, &query, Sort::Cost, 100, 10)
+            .await
+            .unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(groups, 5, "tenant 1 used keys 10 to 14");
+    }
+}
+
 #[tokio::test]
 async fn batches_are_priced_when_each_request_started_and_replays_write_nothing_twice() {
     for backend in TestDb::all() {
@@ -124,10 +333,10 @@ async fn batches_are_priced_when_each_request_started_and_replays_write_nothing_
                 s.3 + r.cost_micros,
             )
         });
-        assert_eq!(rollup_sums(&db, "hour").await, raw, "{backend:?}");
-        assert_eq!(rollup_sums(&db, "day").await, raw, "{backend:?}");
-        assert_eq!(rollup_sums(&db, "tenant_hour").await, raw, "{backend:?}");
-        assert_eq!(rollup_sums(&db, "tenant_day").await, raw, "{backend:?}");
+        for rollup in ROLLUPS {
+            let g = rollup.granularity;
+            assert_eq!(rollup_sums(&db, g).await, raw, "{backend:?} {g}");
+        }
         let hours = usage_rollup::Entity::find()
             .filter(usage_rollup::Column::Granularity.eq("hour"))
             .filter(usage_rollup::Column::Model.eq("m"))
@@ -325,9 +534,10 @@ async fn every_admitted_request_is_recorded_once_with_the_usage_its_client_saw()
             s.3 + r.cost_micros,
         )
     });
-    assert_eq!(rollup_sums(&db, "hour").await, raw);
-    assert_eq!(rollup_sums(&db, "day").await, raw);
-    assert_eq!(rollup_sums(&db, "tenant_day").await, raw);
+    for rollup in ROLLUPS {
+        let g = rollup.granularity;
+        assert_eq!(rollup_sums(&db, g).await, raw, "{g}");
+    }
 }
 
 #[tokio::test]
