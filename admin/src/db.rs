@@ -80,11 +80,34 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// `UPDATE`), so a transaction that reads before it writes waits its turn (busy timeout) instead
 /// of failing with "database is locked" when another connection wrote in between; the ledger
 /// writer makes that window frequent. On PostgreSQL it is a plain `BEGIN`.
+///
+/// SQLite can still answer `SQLITE_BUSY` at once, without waiting (seen when another process's
+/// write commits while this one takes the lock): that attempt is rolled back and retried for up
+/// to 10 seconds, like the busy timeout.
 pub async fn begin_write<C: TransactionTrait>(db: &C) -> Result<DatabaseTransaction, DbErr> {
-    let txn = db.begin().await?;
-    if txn.get_database_backend() == DbBackend::Sqlite {
-        txn.execute_unprepared("UPDATE tenants SET id = id WHERE 0")
-            .await?;
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let txn = db.begin().await?;
+        if txn.get_database_backend() != DbBackend::Sqlite {
+            return Ok(txn);
+        }
+        match txn
+            .execute_unprepared("UPDATE tenants SET id = id WHERE 0")
+            .await
+        {
+            Ok(_) => return Ok(txn),
+            Err(e) if is_busy(&e) && started.elapsed() < Duration::from_secs(10) => {
+                txn.rollback().await?;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(txn)
+}
+
+fn is_busy(e: &DbErr) -> bool {
+    let text = e.to_string();
+    text.contains("database is locked") || text.contains("(code: 5)")
 }
