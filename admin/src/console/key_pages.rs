@@ -403,6 +403,21 @@ async fn find_key(
         .map_err(|_| viewer.not_found())
 }
 
+/// What every action on one key checks first: an admin role, the session's CSRF token, and a
+/// key in the viewer's scope; returns the key and its page to redirect back to.
+async fn key_action(
+    viewer: &Viewer,
+    console: &Console,
+    public_id: &str,
+    csrf: &str,
+) -> Result<(api_key::Model, String), ConsoleError> {
+    viewer.require(ADMINS)?;
+    viewer.check_csrf(csrf)?;
+    let key = find_key(viewer, console, public_id).await?;
+    let back = format!("/admin/keys/{}", key.public_id);
+    Ok((key, back))
+}
+
 async fn show_key(
     viewer: Viewer,
     console: web::Data<Console>,
@@ -470,10 +485,7 @@ async fn edit_key(
     id: web::Path<String>,
     form: web::Form<KeyForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     let expires = match expiry(&viewer, &form.expires) {
         Ok(e) => e,
         Err(err) => return viewer.fail(err, &back),
@@ -503,10 +515,7 @@ async fn edit_limits(
     id: web::Path<String>,
     form: web::Form<KeyForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     let change = (|| {
         Ok::<_, crate::AdminError>(LimitsChange {
             rpm: Some(optional_number(&form.rpm, "rpm")?),
@@ -546,10 +555,7 @@ async fn edit_budget(
     id: web::Path<String>,
     form: web::Form<BudgetForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     let amount = match crate::prices::parse_micros(&form.amount) {
         Ok(a) => a,
         Err(err) => return viewer.fail(err, &back),
@@ -584,10 +590,7 @@ async fn rotate_key(
     id: web::Path<String>,
     form: web::Form<RotateForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     let rotated = key_changes::rotate_key(
         &console.db,
         viewer.scope(),
@@ -654,10 +657,7 @@ async fn revoke_key(
     id: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     match keys::revoke_key(&console.db, viewer.scope(), &key.public_id, &viewer.actor()).await {
         Ok(_) => Ok(redirect_with(&back, Flash::ok(viewer.t().key_revoked))),
         Err(err) => viewer.fail(err, &back),
@@ -680,10 +680,7 @@ async fn mint_token(
     id: web::Path<String>,
     form: web::Form<TokenForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    viewer.require(ADMINS)?;
-    viewer.check_csrf(&form.csrf)?;
-    let key = find_key(&viewer, &console, &id).await?;
-    let back = format!("/admin/keys/{}", key.public_id);
+    let (key, back) = key_action(&viewer, &console, &id, &form.csrf).await?;
     let sub = Some(form.sub.trim().to_string()).filter(|s| !s.is_empty());
     let minted = key_changes::mint_token_audited(
         &console.db,
