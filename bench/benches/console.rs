@@ -252,9 +252,14 @@ async fn main() {
             None => base.clone(),
         };
         run("PostgreSQL", &url).await;
-        let _ = admin
-            .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .await;
+        if std::env::var_os("AIAAS_BENCH_KEEP_DB").is_some() {
+            // For looking at query plans on the same data afterwards.
+            eprintln!("kept {url}");
+        } else {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                .await;
+        }
     }
 }
 
