@@ -86,6 +86,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let ledger = Ledger::start(db.clone(), config.ledger.clone())
             .context("opening the usage journal (ledger.journal_dir)")?;
+        if !config.ledger.enabled {
+            tracing::warn!("ledger.enabled = false: usage is not recorded (nothing is metered)");
+        }
         let metrics = Metrics::new().context("metrics registry")?;
         let gate = Gate {
             limiter,

@@ -25,6 +25,9 @@ pub use writer::{write_batch, Written};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerSettings {
+    /// When false, usage is not recorded at all (benchmarks that isolate the ledger's own cost
+    /// only: nothing is metered or billed). What an earlier run journaled is still written.
+    pub enabled: bool,
     /// Where the journal lives (one directory per `aiaas serve` process; it is locked).
     pub journal_dir: PathBuf,
     /// The writer inserts at most this many events per transaction.
@@ -43,6 +46,7 @@ pub struct LedgerSettings {
 impl Default for LedgerSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             journal_dir: PathBuf::from("aiaas-journal"),
             batch_size: 1000,
             flush_interval_ms: 100,
@@ -85,12 +89,15 @@ struct Inner {
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Inner>,
+    /// `ledger.enabled`.
+    recording: bool,
 }
 
 impl Ledger {
     /// Open (and lock) the journal, replay what an earlier run left unwritten, and start the
     /// writer.
     pub fn start(db: DatabaseConnection, settings: LedgerSettings) -> std::io::Result<Ledger> {
+        let recording = settings.enabled;
         let journal = journal::Journal::open(&settings.journal_dir)?;
         let (flushed_tx, flushed) = watch::channel(journal.checkpoint());
         let inner = Arc::new(Inner {
@@ -104,12 +111,15 @@ impl Ledger {
             settings,
             flushed_tx,
         ));
-        Ok(Ledger { inner })
+        Ok(Ledger { inner, recording })
     }
 
     /// Record one event. Never waits on the database; an error here means the local disk
     /// refused the write (logged: the event is lost).
     pub fn record(&self, event: &UsageEvent) {
+        if !self.recording {
+            return;
+        }
         match self.inner.journal.append(event) {
             Ok(_) => self.inner.wake.notify_one(),
             Err(err) => tracing::error!(error = %err, request_id = %event.request_id,

@@ -541,6 +541,39 @@ async fn every_admitted_request_is_recorded_once_with_the_usage_its_client_saw()
 }
 
 #[tokio::test]
+async fn with_the_ledger_off_requests_are_served_and_nothing_is_recorded() {
+    for enabled in [true, false] {
+        let models = standard_models()
+            .into_iter()
+            .filter(|m| m.id == CHAT)
+            .collect();
+        let mut config = test_config_on(models, &TestDb::Sqlite.fresh_url());
+        config.ledger.enabled = enabled;
+        config.ledger.flush_interval_ms = 20;
+        let (app, _server) = spawn_custom(config).await;
+        let db = app.db().await;
+        let res = app
+            .post(
+                "/v1/chat/completions",
+                &super::chat(CHAT, json!({"max_tokens": 3})),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let id = request_id(&res);
+        res.text().await.unwrap();
+        // Recorded events reach the database within a few flush intervals.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let rows = usage_event::Entity::find().all(&db).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        if enabled {
+            assert_eq!(ids, vec![id.as_str()]);
+        } else {
+            assert!(ids.is_empty(), "{ids:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn requests_are_served_through_a_database_outage_and_every_event_lands_once() {
     for backend in TestDb::all() {
         let (url, db) = fresh_migrated(backend).await;
