@@ -25,6 +25,10 @@ pub struct ModelSpec {
     /// Cap on prompt + completion tokens, below the model's own context length.
     #[serde(default)]
     pub max_seq_len: Option<usize>,
+    /// In-situ quantisation of a safetensors model's weights at load (`q8_0`, `q4_0`, `q4k`,
+    /// `q6k`... as mistral.rs names them). GGUF files are already quantised.
+    #[serde(default)]
+    pub isq: Option<String>,
 }
 
 impl ModelSpec {
@@ -43,6 +47,7 @@ impl ModelSpec {
             chat_template: None,
             dtype: None,
             max_seq_len: None,
+            isq: None,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use mistralrs::{
-    EmbeddingModelBuilder, GgufModelBuilder, ModelDType, PagedAttentionMetaBuilder,
+    EmbeddingModelBuilder, GgufModelBuilder, IsqType, ModelDType, PagedAttentionMetaBuilder,
     TextModelBuilder, TokenSource,
 };
 
@@ -132,6 +132,27 @@ fn dtype(spec: &ModelSpec) -> Result<ModelDType, EngineError> {
     }
 }
 
+/// The `isq` of a safetensors model; refused for sources that are already quantised (GGUF) or
+/// that mistral.rs does not load (BERT embedders run on candle directly).
+fn isq(spec: &ModelSpec, source: &Source) -> Result<Option<IsqType>, EngineError> {
+    let Some(name) = spec.isq.as_deref() else {
+        return Ok(None);
+    };
+    match source {
+        Source::TextDir(_)
+        | Source::EmbeddingDir(_)
+        | Source::Hub {
+            gguf_file: None, ..
+        } => mistralrs::parse_isq_value(name, None)
+            .map(Some)
+            .map_err(|e| load_err(spec, format!("isq `{name}`: {e}"))),
+        _ => Err(load_err(
+            spec,
+            "isq applies to safetensors models (a GGUF file is already quantised)",
+        )),
+    }
+}
+
 fn candle_device(device: DeviceChoice) -> Result<candle_core::Device, EngineError> {
     match device {
         DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
@@ -191,6 +212,7 @@ pub async fn load(
     };
     let seqs = config.max_running_sequences;
     let prefix = Some(config.prefix_cache_entries).filter(|n| *n > 0);
+    let isq = isq(spec, &source)?;
     let model = match source {
         Source::BertDir(dir) => return load_bert(spec, &dir, device).await,
         Source::GgufFile { dir, file } => {
@@ -241,6 +263,9 @@ pub async fn load(
             if cpu {
                 b = b.with_force_cpu();
             }
+            if let Some(t) = isq {
+                b = b.with_isq(t);
+            }
             b.build().await.map_err(|e| load_err(spec, e))?
         }
         Source::TextDir(id)
@@ -260,6 +285,9 @@ pub async fn load(
                 .with_prefix_cache_n(prefix);
             if cpu {
                 b = b.with_force_cpu();
+            }
+            if let Some(t) = isq {
+                b = b.with_isq(t);
             }
             if let Some(t) = chat_template_arg(spec)? {
                 b = b.with_jinja_explicit(t);

@@ -82,6 +82,7 @@ pub fn standard_models() -> Vec<ModelSpec> {
         chat_template: None,
         dtype: None,
         max_seq_len: None,
+        isq: None,
     };
     vec![
         spec(CHAT, dir.join("tiny-qwen3"), None),

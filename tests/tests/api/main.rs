@@ -1156,6 +1156,54 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn isq_quantises_a_safetensors_model_at_load_and_is_refused_for_gguf() {
+    let mut spec = standard_models().remove(0);
+    spec.isq = Some("q8_0".into());
+    let (app, _server) = spawn_custom(test_config(vec![spec])).await;
+    let (status, r) = app
+        .post_json(
+            "/v1/chat/completions",
+            &chat(CHAT, json!({"max_tokens": 4, "temperature": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        r["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+
+    let gguf = standard_models()
+        .into_iter()
+        .find(|m| m.id == GGUF)
+        .unwrap();
+    let config = aiaas_engine::EngineConfig {
+        device: "cpu".into(),
+        ..Default::default()
+    };
+    for (isq, expected) in [
+        ("q8_0", "isq applies to safetensors models"),
+        ("q9_9", "isq applies to safetensors models"),
+    ] {
+        let spec = aiaas_engine::ModelSpec {
+            isq: Some(isq.into()),
+            ..gguf.clone()
+        };
+        let err = aiaas_engine::Engine::load(config.clone(), vec![spec])
+            .await
+            .err()
+            .expect("a GGUF model with isq must not load");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    let mut unknown = standard_models().remove(0);
+    unknown.isq = Some("q9_9".into());
+    let err = aiaas_engine::Engine::load(config, vec![unknown])
+        .await
+        .err()
+        .expect("an unknown isq type must not load");
+    assert!(err.to_string().contains("isq `q9_9`"), "{err}");
+}
+
+#[tokio::test]
 async fn a_models_max_seq_len_caps_prompt_and_completion() {
     let mut spec = standard_models().remove(0);
     spec.max_seq_len = Some(40);
