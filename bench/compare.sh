@@ -1,64 +1,143 @@
 #!/usr/bin/env bash
-# Side-by-side streaming benchmark on one GGUF file: aiaas vs mistral.rs's own server
-# (`mistralrs-cli` 0.8.1 from crates.io), same machine, same prompts, one run.
+# Side-by-side streaming benchmark on one GGUF file, same machine, same prompts, one run:
+#   aiaas        auth (API key), rate limits (a tenant rpm + tpm limit) and the usage ledger on
+#   aiaas-bare   the same binary with auth, limits and ledger off (the layer's own cost)
+#   mistralrs-server   mistral.rs's own server (`mistralrs-cli` 0.8.1 from crates.io)
+#   llama.cpp    llama.cpp through PyPI's `llama-cpp-python[server]` (AVX2 build)
+# All four servers run at once (idle ones sleep); each repetition runs every server through every
+# concurrency level in turn, so slow drift of the machine spreads over all of them. A STREAM-like
+# bandwidth probe runs before and after. Results: $OUT/table.md, $OUT/chart.svg, $OUT/raw.jsonl.
 #
-#   bench/compare.sh                 # uses models/SmolLM2-135M-Instruct.Q4_1.gguf (make run fetches it)
-#   PEER=none bench/compare.sh       # aiaas only
+#   bench/install-peers.sh           # once: builds the two peers into ~/.cache/aiaas/peers
+#   bench/compare.sh                 # models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched if missing)
+#   SERVERS=aiaas,aiaas-bare bench/compare.sh    # a subset
 #
-# Environment: MODEL (GGUF path), CONCURRENCY (default 1,2,4,8), REQUESTS (per level, default 16),
-# MAX_TOKENS (default 64), PEER_BIN (mistralrs binary; built by bench/install-peers.sh).
+# Environment: MODEL (GGUF path), SERVERS, CONCURRENCY (default 1,2,4,8,16), REPS (3),
+# MAX_TOKENS (128), PROMPT_WORDS (86: ~128 prompt tokens with SmolLM2's chat template),
+# MIN_REQUESTS (4: requests per level are max(concurrency, MIN_REQUESTS)), THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 MODEL=${MODEL:-$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-CONCURRENCY=${CONCURRENCY:-1,2,4,8}
-REQUESTS=${REQUESTS:-16}
-MAX_TOKENS=${MAX_TOKENS:-64}
-PEER=${PEER:-mistralrs}
-PEER_BIN=${PEER_BIN:-$CACHE/peers/bin/mistralrs}
+EMBEDDER=${EMBEDDER:-$PWD/models/all-MiniLM-L6-v2}
+SERVERS=${SERVERS:-aiaas,aiaas-bare,mistralrs-server,llama.cpp}
+CONCURRENCY=${CONCURRENCY:-1,2,4,8,16}
+REPS=${REPS:-3}
+MAX_TOKENS=${MAX_TOKENS:-128}
+PROMPT_WORDS=${PROMPT_WORDS:-86}
+MIN_REQUESTS=${MIN_REQUESTS:-4}
+THREADS=${THREADS:-2}
+PEERS=$CACHE/peers
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 [ -f "$MODEL" ] || scripts/fetch-demo-models.sh
 
+# The serving layer is measured optimised (the test build leaves our own crates at opt-level 0;
+# dependencies, i.e. all model code, are at opt-level 3 in both). Kept aside: a test build
+# overwrites target/debug/aiaas.
 cargo build -q --workspace --all-targets --locked
-AIAAS=$CARGO_TARGET_DIR/debug/aiaas
-LOAD=$CARGO_TARGET_DIR/debug/aiaas-load
+BIN=$CARGO_TARGET_DIR/debug
+OPT=()
+for crate in aiaas-server aiaas-admin aiaas-engine aiaas-migrations; do
+  OPT+=(--config "profile.dev.package.$crate.opt-level=3")
+done
+cargo build -q --locked -p aiaas-server --bin aiaas "${OPT[@]}"
+WORK=$(mktemp -d)
+cp "$BIN/aiaas" "$WORK/aiaas-opt"
+cargo build -q --locked -p aiaas-server --bin aiaas   # put the test build's binary back
+has() { [[ ",$SERVERS," == *",$1,"* ]]; }
 
 wait_ready() { # url
-  for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  for _ in $(seq 1 900); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
   echo "server at $1 never became ready" >&2; return 1
 }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+declare -A PID URL KEY MODEL_ID
+cleanup() { for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+RAW=$OUT/raw.jsonl
+: >"$RAW"
 
-run_load() { # label url model [api key]
-  "$LOAD" --url "$2" --model "$3" --label "$1" --api-key "${4:-unused}" --concurrency "$CONCURRENCY" \
-    --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --warmup 2 --json 2>>"$OUT/raw.jsonl"
+start_aiaas() { # label port [env...]
+  local label=$1 port=$2; shift 2
+  local models=(--model bench="$MODEL")
+  [ -d "$EMBEDDER" ] && models+=(--model minilm="$EMBEDDER")
+  mkdir -p "$WORK/$label"
+  env AIAAS__LEDGER__JOURNAL_DIR="$WORK/$label/journal" "$@" "$WORK/aiaas-opt" serve \
+    --bind 127.0.0.1:"$port" "${models[@]}" --database-url "sqlite://$WORK/$label/aiaas.db" \
+    >"$OUT/$label.out" 2>"$OUT/$label.log" &
+  PID[$label]=$!
+  URL[$label]=http://127.0.0.1:$port/v1
+  MODEL_ID[$label]=bench
+  wait_ready "http://127.0.0.1:$port/ready"
+  KEY[$label]=$(grep -m1 '^sk-aiaas-' "$OUT/$label.out" || echo unused)
 }
 
-: >"$OUT/raw.jsonl"
-{
-  echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) cores, model $(basename "$MODEL"), max_tokens $MAX_TOKENS, $REQUESTS requests per level"
-  DB=$(mktemp -d)/aiaas.db
-  AIAAS__LEDGER__JOURNAL_DIR="$(dirname "$DB")/journal" "$AIAAS" serve --bind 127.0.0.1:18181 \
-    --model bench="$MODEL" --database-url "sqlite://$DB" \
-    >"$OUT/aiaas.out" 2>"$OUT/aiaas.log" &
-  pids+=($!)
-  wait_ready http://127.0.0.1:18181/ready
-  KEY=$(grep -m1 '^sk-aiaas-' "$OUT/aiaas.out")
-  run_load aiaas http://127.0.0.1:18181/v1 bench "$KEY"
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+if has aiaas; then
+  start_aiaas aiaas 18181
+  # Limits that never refuse here but are checked on every request (the token limit makes
+  # admission count the prompt's tokens).
+  "$WORK/aiaas-opt" tenants set-limits default --rpm 1000000 --tpm 1000000000 \
+    --database-url "sqlite://$WORK/aiaas/aiaas.db" >/dev/null
+  sleep 1
+fi
+if has aiaas-bare; then
+  start_aiaas aiaas-bare 18182 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false
+fi
+if has mistralrs-server; then
+  [ -x "$PEERS/bin/mistralrs" ] || { echo "no $PEERS/bin/mistralrs: run bench/install-peers.sh" >&2; exit 1; }
+  # aiaas's engine settings: CPU, 16 running sequences, no prefix cache.
+  "$PEERS/bin/mistralrs" --token-source none serve --host 127.0.0.1 --port 18183 --cpu --max-seqs 16 \
+    --prefix-cache-n 0 --format gguf -m "$(dirname "$MODEL")" -f "$(basename "$MODEL")" \
+    >"$OUT/mistralrs-server.log" 2>&1 &
+  PID[mistralrs-server]=$!
+  URL[mistralrs-server]=http://127.0.0.1:18183/v1
+  MODEL_ID[mistralrs-server]=default
+  wait_ready http://127.0.0.1:18183/v1/models
+fi
+if has llama.cpp; then
+  [ -x "$PEERS/llama-venv/bin/python" ] || { echo "no llama.cpp peer: run bench/install-peers.sh" >&2; exit 1; }
+  # Its chat template comes from the GGUF file, as for the others.
+  "$PEERS/llama-venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias bench \
+    --host 127.0.0.1 --port 18184 --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx 4096 \
+    >"$OUT/llama.cpp.log" 2>&1 &
+  PID[llama.cpp]=$!
+  URL[llama.cpp]=http://127.0.0.1:18184/v1
+  MODEL_ID[llama.cpp]=bench
+  wait_ready http://127.0.0.1:18184/v1/models
+fi
 
-  if [ "$PEER" = mistralrs ] && [ -x "$PEER_BIN" ]; then
-    # Same settings as aiaas's defaults: CPU, 16 running sequences, no prefix cache.
-    "$PEER_BIN" --token-source none serve --host 127.0.0.1 --port 18182 --cpu --max-seqs 16 \
-      --prefix-cache-n 0 --format gguf -m "$(dirname "$MODEL")" -f "$(basename "$MODEL")" \
-      >"$OUT/mistralrs.log" 2>&1 &
-    pids+=($!)
-    wait_ready http://127.0.0.1:18182/v1/models
-    run_load mistralrs-server http://127.0.0.1:18182/v1 default | tail -n +3
-  fi
+probe() { "$BIN/aiaas-bandwidth" --threads 1,"$THREADS" --mib 1024 --passes 5 \
+  --model-bytes "$(stat -c %s "$MODEL")" --json >>"$RAW"; }
+
+ORDER=()
+IFS=, read -ra WANTED <<<"$SERVERS"
+for s in "${WANTED[@]}"; do [ -n "${PID[$s]:-}" ] && ORDER+=("$s"); done
+echo "servers: ${ORDER[*]}; idle CPU%: $(ps -o %cpu= -p "$(IFS=,; echo "${PID[*]}")" | tr -s ' \n' ' ')"
+
+probe
+for rep in $(seq 1 "$REPS"); do
+  for s in "${ORDER[@]}"; do
+    warmup=1; [ "$rep" = 1 ] && warmup=2
+    echo "rep $rep: $s"
+    "$BIN/aiaas-load" --url "${URL[$s]}" --model "${MODEL_ID[$s]}" --api-key "${KEY[$s]:-unused}" \
+      --label "$s" --rep "$rep" --concurrency "$CONCURRENCY" --requests "$MIN_REQUESTS" \
+      --max-tokens "$MAX_TOKENS" --prompt-words "$PROMPT_WORDS" --warmup "$warmup" --json \
+      2>>"$RAW" | tail -n +3
+  done
+done
+probe
+for s in "${ORDER[@]}"; do
+  awk -v s="$s" '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} END {printf "{\"rss\":\"%s\",\"rss_kib\":%d,\"hwm_kib\":%d}\n", s, r, h}' \
+    "/proc/${PID[$s]}/status" >>"$RAW"
+done
+
+{
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
+  echo "model $(basename "$MODEL") ($(stat -c %s "$MODEL") bytes), $PROMPT_WORDS prompt words, max_tokens $MAX_TOKENS,"
+  echo "temperature 0, concurrency $CONCURRENCY, max(concurrency, $MIN_REQUESTS) requests per level, $REPS repetitions."
+  echo
+  AIAAS_REPORT_CAPTION="$(date -u +%Y-%m-%d), $(nproc) cores, $(basename "$MODEL"), ${PROMPT_WORDS}-word prompts, $MAX_TOKENS output tokens, medians of $REPS" \
+    "$BIN/aiaas-report" "$RAW" --svg "$OUT/chart.svg" --threads "$THREADS"
 } | tee "$OUT/table.md"

@@ -41,6 +41,9 @@ struct Args {
     /// Label for the table (e.g. the server's name).
     #[arg(long, default_value = "server")]
     label: String,
+    /// Repetition number, copied into the JSON lines (for medians over repetitions).
+    #[arg(long, default_value_t = 0)]
+    rep: u32,
     /// Also print the results as JSON lines.
     #[arg(long)]
     json: bool,
@@ -53,12 +56,15 @@ struct Sample {
     ttft: Duration,
     itl: Vec<Duration>,
     tokens: usize,
+    /// As the server counted them (0 when it does not report usage).
+    prompt_tokens: usize,
     latency: Duration,
 }
 
 #[derive(Debug, Serialize)]
 struct LevelReport {
     label: String,
+    rep: u32,
     concurrency: usize,
     requests: usize,
     errors: usize,
@@ -70,6 +76,7 @@ struct LevelReport {
     itl_p99_ms: f64,
     latency_p50_ms: f64,
     mean_output_tokens: f64,
+    mean_prompt_tokens: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -80,11 +87,14 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
+/// A request for a long text (so that greedy decoding runs to `max_tokens` rather than stopping
+/// early) about a list of common words; `words` sets the prompt's length (about one token each).
 fn prompt(words: usize, salt: usize) -> String {
     let vocab = [
         "the", "model", "server", "token", "stream", "fast", "river", "stone", "light", "count",
     ];
-    let mut s = format!("Request {salt}. Continue this text: ");
+    let mut s =
+        format!("Story {salt}. Write a very long and detailed story that uses these words: ");
     for i in 0..words {
         s.push_str(vocab[(i * 7 + salt) % vocab.len()]);
         s.push(' ');
@@ -132,8 +142,10 @@ async fn one_request(client: &reqwest::Client, args: &Args, salt: usize) -> anyh
                 continue;
             }
             let v: serde_json::Value = serde_json::from_slice(data)?;
-            if let Some(u) = v.get("usage").and_then(|u| u.get("completion_tokens")) {
-                sample.tokens = u.as_u64().unwrap_or(0) as usize;
+            if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+                let count = |field: &str| usage[field].as_u64().unwrap_or(0) as usize;
+                sample.tokens = count("completion_tokens");
+                sample.prompt_tokens = count("prompt_tokens");
             }
             let has_content = v["choices"][0]["delta"]["content"]
                 .as_str()
@@ -196,8 +208,10 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
     ttft.sort();
     itl.sort();
     latency.sort();
+    let prompt_tokens: usize = samples.iter().map(|s| s.prompt_tokens).sum();
     LevelReport {
         label: args.label.clone(),
+        rep: args.rep,
         concurrency,
         requests: samples.len(),
         errors,
@@ -209,6 +223,7 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
         itl_p99_ms: percentile(&itl, 99.0),
         latency_p50_ms: percentile(&latency, 50.0),
         mean_output_tokens: tokens as f64 / samples.len().max(1) as f64,
+        mean_prompt_tokens: prompt_tokens as f64 / samples.len().max(1) as f64,
     }
 }
 

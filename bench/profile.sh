@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Where a steady decode's time goes: `perf record` (Debian's linux-perf) of aiaas with auth,
+# limits and ledger off while it streams CONCURRENCY long completions, then the hottest symbols.
+#
+#   bench/profile.sh                  # one stream; CONCURRENCY=8 bench/profile.sh for a batch
+#
+# Writes $OUT/profile-c$CONCURRENCY.txt (perf report, flat, by symbol) and keeps perf.data there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+MODEL=${MODEL:-$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+CONCURRENCY=${CONCURRENCY:-1}
+SECONDS_RECORDED=${SECONDS_RECORDED:-15}
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+command -v perf >/dev/null || { echo "perf not found: apt-get install linux-perf" >&2; exit 1; }
+[ -f "$MODEL" ] || scripts/fetch-demo-models.sh
+cargo build -q --workspace --all-targets --locked
+BIN=$CARGO_TARGET_DIR/debug
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false AIAAS__LEDGER__JOURNAL_DIR="$WORK/journal" \
+  "$BIN/aiaas" serve --bind 127.0.0.1:18195 --model bench="$MODEL" \
+  --database-url "sqlite://$WORK/aiaas.db" >/dev/null 2>"$WORK/log" &
+PID=$!
+for _ in $(seq 1 600); do curl -sf http://127.0.0.1:18195/ready >/dev/null 2>&1 && break; sleep 0.2; done
+# Long outputs, so that the recording sees decoding, not prefill.
+"$BIN/aiaas-load" --url http://127.0.0.1:18195/v1 --model bench --concurrency "$CONCURRENCY" \
+  --requests "$CONCURRENCY" --max-tokens 1024 --prompt-words 86 --warmup 1 >/dev/null &
+LOAD=$!
+sleep 8
+perf record -F 499 -g -p "$PID" -o "$OUT/perf-c$CONCURRENCY.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+kill "$LOAD" 2>/dev/null || true
+perf report -i "$OUT/perf-c$CONCURRENCY.data" --no-children --sort symbol --stdio 2>/dev/null |
+  grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-c$CONCURRENCY.txt"
