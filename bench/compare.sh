@@ -42,10 +42,10 @@ OPT=()
 for crate in aiaas-server aiaas-admin aiaas-engine aiaas-migrations; do
   OPT+=(--config "profile.dev.package.$crate.opt-level=3")
 done
-cargo build -q --locked -p aiaas-server --bin aiaas "${OPT[@]}"
+cargo build -q --locked --workspace --bin aiaas "${OPT[@]}"
 WORK=$(mktemp -d)
 cp "$BIN/aiaas" "$WORK/aiaas-opt"
-cargo build -q --locked -p aiaas-server --bin aiaas   # put the test build's binary back
+cargo build -q --locked --workspace --bin aiaas   # put the test build's binary back
 has() { [[ ",$SERVERS," == *",$1,"* ]]; }
 
 wait_ready() { # url
@@ -78,7 +78,7 @@ if has aiaas; then
   start_aiaas aiaas 18181
   # Limits that never refuse here but are checked on every request (the token limit makes
   # admission count the prompt's tokens).
-  "$WORK/aiaas-opt" tenants set-limits default --rpm 1000000 --tpm 1000000000 \
+  "$WORK/aiaas-opt" tenant set-limits default --rpm 1000000 --tpm 1000000000 \
     --database-url "sqlite://$WORK/aiaas/aiaas.db" >/dev/null
   sleep 1
 fi
@@ -98,9 +98,12 @@ if has mistralrs-server; then
 fi
 if has llama.cpp; then
   [ -x "$PEERS/llama-venv/bin/python" ] || { echo "no llama.cpp peer: run bench/install-peers.sh" >&2; exit 1; }
-  # Its chat template comes from the GGUF file, as for the others.
+  # Its chat template comes from the GGUF file, as for the others. It runs one request at a
+  # time; by default a new request interrupts the running stream (the client sees the
+  # connection drop), so requests must queue instead.
   "$PEERS/llama-venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias bench \
     --host 127.0.0.1 --port 18184 --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx 4096 \
+    --interrupt_requests false \
     >"$OUT/llama.cpp.log" 2>&1 &
   PID[llama.cpp]=$!
   URL[llama.cpp]=http://127.0.0.1:18184/v1
