@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use aiaas_admin::console::charts::escape;
 use anyhow::Context;
 use clap::Parser;
 use serde::Deserialize;
@@ -213,12 +214,18 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// One row per server (for many variants at few concurrency levels).
-fn rows(run: &Run) -> String {
-    let mut out = String::from("| variant |");
+/// A markdown table with one row per server and one column per concurrency level; `cell`
+/// renders a level's medians (missing levels show a dash).
+fn by_server(
+    run: &Run,
+    corner: &str,
+    column: impl Fn(usize) -> String,
+    cell: impl Fn(&Point) -> String,
+) -> String {
     let levels = run.levels();
-    for conc in &levels {
-        let _ = write!(out, " conc {conc}: tok/s, TTFT p50 ms, ITL p50 ms |");
+    let mut out = format!("| {corner} |");
+    for &conc in &levels {
+        let _ = write!(out, " {} |", column(conc));
     }
     out.push_str("\n|---|");
     for _ in &levels {
@@ -230,11 +237,7 @@ fn rows(run: &Run) -> String {
         for conc in &levels {
             match points.get(conc) {
                 Some(p) => {
-                    let _ = write!(
-                        out,
-                        " {:.1}, {:.0}, {:.1} |",
-                        p.tokens_per_s, p.ttft_ms, p.itl_ms
-                    );
+                    let _ = write!(out, " {} |", cell(p));
                 }
                 None => out.push_str(" – |"),
             }
@@ -242,6 +245,16 @@ fn rows(run: &Run) -> String {
         out.push('\n');
     }
     out
+}
+
+/// One row per server (for many variants at few concurrency levels).
+fn rows(run: &Run) -> String {
+    by_server(
+        run,
+        "variant",
+        |conc| format!("conc {conc}: tok/s, TTFT p50 ms, ITL p50 ms"),
+        |p| format!("{:.1}, {:.0}, {:.1}", p.tokens_per_s, p.ttft_ms, p.itl_ms),
+    )
 }
 
 fn table(run: &Run, args: &Args) -> String {
@@ -280,36 +293,23 @@ fn table(run: &Run, args: &Args) -> String {
         }
         out.push('\n');
     }
-    out.push_str("\nPer request (medians): prompt tokens as the server counted them / output tokens; requests measured over all repetitions.\n\n| server |");
-    for &conc in &levels {
-        let _ = write!(out, " conc {conc} |");
-    }
-    out.push_str("\n|---|");
-    for _ in &levels {
-        out.push_str("---|");
-    }
-    out.push('\n');
-    for (label, points) in &run.servers {
-        let _ = write!(out, "| {label} |");
-        for conc in &levels {
-            match points.get(conc) {
-                Some(p) => {
-                    let prompt = if p.prompt_tokens > 0.0 {
-                        format!("{:.0}", p.prompt_tokens)
-                    } else {
-                        "?".into()
-                    };
-                    let _ = write!(
-                        out,
-                        " {prompt} / {:.0} ({} reqs, {} reps) |",
-                        p.output_tokens, p.requests, p.reps
-                    );
-                }
-                None => out.push_str(" – |"),
-            }
-        }
-        out.push('\n');
-    }
+    out.push_str("\nPer request (medians): prompt tokens as the server counted them / output tokens; requests measured over all repetitions.\n\n");
+    out.push_str(&by_server(
+        run,
+        "server",
+        |conc| format!("conc {conc}"),
+        |p| {
+            let prompt = if p.prompt_tokens > 0.0 {
+                format!("{:.0}", p.prompt_tokens)
+            } else {
+                "?".into()
+            };
+            format!(
+                "{prompt} / {:.0} ({} reqs, {} reps)",
+                p.output_tokens, p.requests, p.reps
+            )
+        },
+    ));
 
     let tps = |label: &str, conc: usize| run.point(label, conc).map(|p| p.tokens_per_s);
     let ttft = |label: &str, conc: usize| run.point(label, conc).map(|p| p.ttft_ms);
@@ -576,12 +576,6 @@ fn chart(run: &Run, caption: &str) -> String {
     svg
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let run = read(&args.raw)?;
@@ -648,6 +642,12 @@ mod tests {
         assert!(table.contains("0.50"), "{table}");
         assert!(table.contains("10.0%: **not met**"), "{table}");
         assert!(table.contains("peak 391 MiB: met"), "{table}");
+        assert!(
+            table.contains("| aiaas | 130 / 128 (6 reqs, 3 reps) |"),
+            "{table}"
+        );
+        let rows = rows(&run);
+        assert!(rows.contains("| llama.cpp | 40.0, 200, 1.0 |"), "{rows}");
         let svg = chart(&run, "caption");
         assert_eq!(svg.matches("<polyline").count(), 6);
     }
