@@ -842,13 +842,16 @@ async fn forged_expired_and_misaddressed_jwts_are_refused() {
 
 // ---------- command line ----------
 
-pub(super) fn aiaas(
+/// Run the `aiaas` binary as an operator would. Asynchronous on purpose: a test's server runs on
+/// the test's own runtime, so waiting for the child on that thread would stall the server while
+/// the child waits for the server's SQLite write lock (it then fails with "database is locked").
+pub(super) async fn aiaas(
     args: &[&str],
     database_url: &str,
     stdin: Option<&str>,
 ) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(aiaas_bin())
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(aiaas_bin())
         .args(args)
         .arg("--database-url")
         .arg(database_url)
@@ -856,14 +859,15 @@ pub(super) fn aiaas(
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("run the aiaas binary (built by `cargo build --workspace`)");
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
+        input.write_all(text.as_bytes()).await.unwrap();
     }
     drop(input);
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output().await.unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -883,55 +887,63 @@ fn last_line(text: &str) -> String {
 async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line() {
     for db in TestDb::all() {
         let url = db.fresh_url();
-        let run = |args: &[&str], stdin: Option<&str>| {
-            let (ok, out, err) = aiaas(args, &url, stdin);
+        let run = async |args: &[&str], stdin: Option<&str>| {
+            let (ok, out, err) = aiaas(args, &url, stdin).await;
             assert!(ok, "{db:?} aiaas {args:?} failed: {err}");
             out
         };
-        let out = run(&["migrate"], None);
+        let out = run(&["migrate"], None).await;
         let applied =
             <aiaas_migrations::Migrator as aiaas_migrations::MigratorTrait>::migrations().len();
         assert!(
             out.contains(&format!("applied {applied} migration")),
             "{out}"
         );
-        run(&["tenant", "create", "acme"], None);
-        run(&["tenant", "create", "globex"], None);
-        let (ok, _, err) = aiaas(&["tenant", "create", "acme"], &url, None);
+        run(&["tenant", "create", "acme"], None).await;
+        run(&["tenant", "create", "globex"], None).await;
+        let (ok, _, err) = aiaas(&["tenant", "create", "acme"], &url, None).await;
         assert!(!ok && err.contains("already exists"), "{err}");
-        let list = run(&["tenant", "list"], None);
+        let list = run(&["tenant", "list"], None).await;
         assert!(
             list.contains("\tacme\t") && list.contains("\tglobex\t"),
             "{list}"
         );
 
-        let key = last_line(&run(
-            &[
-                "key",
-                "create",
-                "--tenant",
-                "acme",
-                "--name",
-                "ci",
-                "--models",
-                CHAT,
-                "--expires",
-                "30d",
-            ],
-            None,
-        ));
+        let key = last_line(
+            &run(
+                &[
+                    "key",
+                    "create",
+                    "--tenant",
+                    "acme",
+                    "--name",
+                    "ci",
+                    "--models",
+                    CHAT,
+                    "--expires",
+                    "30d",
+                ],
+                None,
+            )
+            .await,
+        );
         assert!(keys::parse_key(&key).is_some(), "{key}");
         let id = public_id(&key).to_string();
-        let listing = run(&["key", "list", "--tenant", "acme"], None);
+        let listing = run(&["key", "list", "--tenant", "acme"], None).await;
         assert!(
             listing.contains(&id) && !listing.contains(keys::parse_key(&key).unwrap().secret),
             "{listing}"
         );
-        assert!(!run(&["key", "list", "--tenant", "globex"], None).contains(&id));
-        let token = last_line(&run(
-            &["key", "token", &id, "--ttl", "1h", "--sub", "alice"],
-            None,
-        ));
+        assert!(!run(&["key", "list", "--tenant", "globex"], None)
+            .await
+            .contains(&id));
+        let token = last_line(
+            &run(
+                &["key", "token", &id, "--ttl", "1h", "--sub", "alice"],
+                None,
+            )
+            .await,
+        );
         assert_eq!(token.split('.').count(), 3, "{token}");
 
         // The server started on this database accepts both, and refuses the key once revoked.
@@ -940,7 +952,7 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
         assert!(app.key.is_none(), "tenants exist: no first key");
         assert_eq!(status_of(&app, Some(&key)).await, 200, "{db:?}");
         assert_eq!(status_of(&app, Some(&token)).await, 200, "{db:?}");
-        run(&["key", "revoke", &id], None);
+        run(&["key", "revoke", &id], None).await;
         within(Duration::from_secs(5), || async {
             status_of(&app, Some(&key)).await == 401
         })
@@ -958,7 +970,8 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
                 "acme",
             ],
             Some("a long enough password\n"),
-        );
+        )
+        .await;
         assert!(user.contains("admin@acme.example\ttenant_admin"), "{user}");
         let conn = app.db().await;
         let password: secrecy::SecretString = "a long enough password".to_string().into();
@@ -970,27 +983,31 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
             &["user", "create", "--email", "x@y.z", "--role", "operator"],
             &url,
             Some("short"),
-        );
+        )
+        .await;
         assert!(!ok && err.contains("at least"), "{err}");
 
         let pem =
             std::env::temp_dir().join(format!("aiaas-test-{}.pem", uuid::Uuid::new_v4().simple()));
         std::fs::write(&pem, jwt_fixture("es256-public.pem")).unwrap();
-        let kid = last_line(&run(
-            &[
-                "jwt-key",
-                "add",
-                "--tenant",
-                "acme",
-                "--alg",
-                "ES256",
-                "--public-key",
-                pem.to_str().unwrap(),
-                "--audience",
-                "aiaas",
-            ],
-            None,
-        ));
+        let kid = last_line(
+            &run(
+                &[
+                    "jwt-key",
+                    "add",
+                    "--tenant",
+                    "acme",
+                    "--alg",
+                    "ES256",
+                    "--public-key",
+                    pem.to_str().unwrap(),
+                    "--audience",
+                    "aiaas",
+                ],
+                None,
+            )
+            .await,
+        );
         std::fs::remove_file(&pem).ok();
         assert!(kid.starts_with("jwk_"), "{kid}");
         let (ok, _, err) = aiaas(
@@ -1006,7 +1023,8 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
             ],
             &url,
             None,
-        );
+        )
+        .await;
         assert!(!ok && err.contains("unsupported algorithm"), "{err}");
         let private =
             EncodingKey::from_ec_pem(jwt_fixture("es256-private.pem").as_bytes()).unwrap();
@@ -1017,7 +1035,7 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
             &private,
         );
         assert_eq!(status_of(&app, Some(&tenant_token)).await, 200, "{db:?}");
-        run(&["jwt-key", "disable", &kid], None);
+        run(&["jwt-key", "disable", &kid], None).await;
         within(Duration::from_secs(5), || async {
             status_of(&app, Some(&tenant_token)).await == 401
         })
@@ -1054,7 +1072,7 @@ async fn operators_script_tenants_keys_users_and_jwt_keys_from_the_command_line(
 
         server.handle().stop(true).await;
         server.run_until_stopped().await.unwrap();
-        let out = run(&["migrate", "--down", "1"], None);
+        let out = run(&["migrate", "--down", "1"], None).await;
         assert!(out.contains("rolled back 1"), "{out}");
     }
 }

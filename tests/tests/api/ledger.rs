@@ -734,13 +734,13 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
     use super::auth::aiaas;
     for backend in TestDb::all() {
         let (url, db) = fresh_migrated(backend).await;
-        let run = |args: &[&str]| {
-            let (ok, out, err) = aiaas(args, &url, None);
+        let run = async |args: &[&str]| {
+            let (ok, out, err) = aiaas(args, &url, None).await;
             assert!(ok, "{backend:?} aiaas {args:?}: {err}");
             out
         };
         // Prices come from the CLI; a price cannot start in the past.
-        run(&["price", "set", "m", "--input", "0.15", "--output", "0.6"]);
+        run(&["price", "set", "m", "--input", "0.15", "--output", "0.6"]).await;
         let (ok, _, err) = aiaas(
             &[
                 "price",
@@ -755,9 +755,12 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
             ],
             &url,
             None,
-        );
+        )
+        .await;
         assert!(!ok && err.contains("cannot start in the past"), "{err}");
-        assert!(run(&["price", "list"]).contains("m\t0.150000\t0.600000\t"));
+        assert!(run(&["price", "list"])
+            .await
+            .contains("m\t0.150000\t0.600000\t"));
 
         let prices = aiaas_admin::prices::list_prices(&db).await.unwrap();
         let now = Utc::now();
@@ -805,7 +808,8 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
             &tomorrow,
             "--group-by",
             "day,user",
-        ]);
+        ])
+        .await;
         let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
         assert_eq!(
             lines[0],
@@ -825,18 +829,21 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
             })
             .sum();
         assert_eq!(cost, raw_cost, "{backend:?}");
-        let json: Value = serde_json::from_str(&run(&[
-            "usage",
-            "export",
-            "--from",
-            &today,
-            "--to",
-            &tomorrow,
-            "--group-by",
-            "model",
-            "--format",
-            "json",
-        ]))
+        let json: Value = serde_json::from_str(
+            &run(&[
+                "usage",
+                "export",
+                "--from",
+                &today,
+                "--to",
+                &tomorrow,
+                "--group-by",
+                "model",
+                "--format",
+                "json",
+            ])
+            .await,
+        )
         .unwrap();
         assert_eq!(json[0]["cost_micros"], raw_cost);
         assert_eq!(json[0]["requests"], 40);
@@ -845,7 +852,7 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
 
         // The monthly statement: one row per model and a total equal to the raw events.
         let month = now.format("%Y-%m").to_string();
-        let statement = run(&["usage", "statement", "--tenant", "stmt", "--month", &month]);
+        let statement = run(&["usage", "statement", "--tenant", "stmt", "--month", &month]).await;
         let total = statement
             .split("\r\n")
             .find(|l| l.starts_with("TOTAL,"))
@@ -864,7 +871,8 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
             &month,
             "--format",
             "html",
-        ]);
+        ])
+        .await;
         assert!(
             html.starts_with("<!doctype html>") && html.contains(&cost),
             "{html}"
@@ -872,17 +880,21 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
 
         // The reconcile check passes, and catches a rollup that drifted from its events.
         let reconcile = ["usage", "reconcile", "--from", &today, "--to", &tomorrow];
-        assert!(run(&reconcile).contains("rollups equal their raw events"));
+        assert!(run(&reconcile)
+            .await
+            .contains("rollups equal their raw events"));
         let bump = |delta: i64| {
             format!("UPDATE usage_rollups SET prompt_tokens = prompt_tokens + {delta} WHERE granularity = 'hour'")
         };
         db.execute_unprepared(&bump(1)).await.unwrap();
-        let (ok, out, _) = aiaas(&reconcile, &url, None);
+        let (ok, out, _) = aiaas(&reconcile, &url, None).await;
         assert!(!ok && out.starts_with("hour\t"), "{out}");
         db.execute_unprepared(&bump(-1)).await.unwrap();
 
         // Pruning raw events leaves every rollup, so exports do not change.
-        assert!(run(&["usage", "prune", "--before", &tomorrow]).contains("deleted 40 raw event"));
+        assert!(run(&["usage", "prune", "--before", &tomorrow])
+            .await
+            .contains("deleted 40 raw event"));
         assert!(usage_event::Entity::find()
             .all(&db)
             .await
@@ -897,7 +909,8 @@ async fn exports_total_to_the_rollups_and_the_raw_events_to_the_last_unit() {
             &tomorrow,
             "--group-by",
             "day,user",
-        ]);
+        ])
+        .await;
         assert_eq!(after, csv, "{backend:?}");
     }
 }
