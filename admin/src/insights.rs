@@ -111,17 +111,47 @@ fn granularity_of(query: &AggQuery) -> &'static str {
     }
 }
 
-fn base(query: &AggQuery) -> SelectStatement {
+/// The whole weeks `[w0, w1)` of a per-key table (grouped by key, no key filter) over daily
+/// rollups that the weekly `key_week` rows can answer: every week that starts at or after `from`
+/// and whose last day starts before `to`. The days outside them still come from `key_day`, so the
+/// sums are those of the daily rows exactly. `None` when the range holds no whole week.
+fn weeks_of(query: &AggQuery) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    use crate::ledger::rollups::{MONDAY, WEEK};
+    if granularity_of(query) != "key_day"
+        || query.group != Some(Dim::Key)
+        || query.filters.key_id.is_some()
+    {
+        return None;
+    }
+    // The smallest `origin + n × step` at or after `t`, and the largest at or before it.
+    let up = |t: i64, step: i64, origin: i64| t + (origin - t).rem_euclid(step);
+    let down = |t: i64, step: i64, origin: i64| t - (t - origin).rem_euclid(step);
+    let w0 = up(query.from.timestamp(), WEEK, MONDAY);
+    let w1 = down(up(query.to.timestamp(), 86_400, 0), WEEK, MONDAY);
+    if w0 >= w1 {
+        return None;
+    }
+    Some((
+        DateTime::from_timestamp(w0, 0)?,
+        DateTime::from_timestamp(w1, 0)?,
+    ))
+}
+
+/// The rows of one rollup family in `[from, to)` that the query's tenant and filters select.
+fn rows_of(
+    query: &AggQuery,
+    family: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> SelectStatement {
     let mut stmt = Query::select();
     // The family is a literal, not a bound value, so that the planners can use the partial
-    // indexes defined for one family (`WHERE granularity = 'key_day'`).
+    // indexes defined for one family (`WHERE granularity = 'key_day'`); `build` relies on this
+    // condition coming first.
     stmt.from(Alias::new("usage_rollups"))
-        .and_where(Expr::cust(format!(
-            "granularity = '{}'",
-            granularity_of(query)
-        )))
-        .and_where(Expr::col(Alias::new("bucket_start")).gte(query.from))
-        .and_where(Expr::col(Alias::new("bucket_start")).lt(query.to));
+        .and_where(Expr::cust(format!("granularity = '{family}'")))
+        .and_where(Expr::col(Alias::new("bucket_start")).gte(from))
+        .and_where(Expr::col(Alias::new("bucket_start")).lt(to));
     if let Some(tenant) = query.tenant_id {
         stmt.and_where(Expr::col(Alias::new("tenant_id")).eq(tenant));
     }
@@ -138,6 +168,38 @@ fn base(query: &AggQuery) -> SelectStatement {
     if f.errors_only {
         stmt.and_where(Expr::col(Alias::new("errors")).gt(0));
     }
+    stmt
+}
+
+/// The sums the query matches, not yet grouped: over the rows of one family, or, for a per-key
+/// table spanning whole weeks, over the weekly rows of those weeks and the daily rows of the days
+/// around them (`UNION ALL`).
+fn base(query: &AggQuery) -> SelectStatement {
+    let mut stmt =
+        match weeks_of(query) {
+            None => rows_of(query, granularity_of(query), query.from, query.to),
+            Some((w0, w1)) => {
+                let parts = [
+                    ("key_week", w0, w1),
+                    ("key_day", query.from, w0),
+                    ("key_day", w1, query.to),
+                ];
+                let mut selects = parts.into_iter().filter(|(_, from, to)| from < to).map(
+                    |(family, from, to)| {
+                        let mut part = rows_of(query, family, from, to);
+                        part.columns(std::iter::once("key_id").chain(SUMS).map(Alias::new));
+                        part
+                    },
+                );
+                let mut union = selects.next().unwrap_or_else(Query::select);
+                for part in selects {
+                    union.union(sea_orm::sea_query::UnionType::All, part);
+                }
+                let mut outer = Query::select();
+                outer.from_subquery(union, Alias::new("r"));
+                outer
+            }
+        };
     for col in SUMS {
         // PostgreSQL's SUM(bigint) is numeric: cast back so both backends return i64.
         stmt.expr_as(
@@ -148,30 +210,37 @@ fn base(query: &AggQuery) -> SelectStatement {
     stmt
 }
 
-/// The partial index (migration `m20261124_000004`) that serves one tenant's per-key reads.
-fn key_index(query: &AggQuery) -> Option<&'static str> {
+/// The partial index (migrations `m20261124_000004`, `m20261128_000001`) that serves one
+/// tenant's rows of `family` for this query: by key for a key filter, else by time.
+fn index_for(query: &AggQuery, family: &str) -> Option<&'static str> {
     query.tenant_id?;
-    match granularity_of(query) {
-        "key_day" => Some("idx_usage_rollups_key_days"),
-        "day" if query.filters.key_id.is_some() => Some("idx_usage_rollups_days_by_key"),
+    let key = query.filters.key_id.is_some();
+    match family {
+        "key_day" if key => Some("idx_usage_rollups_key_days"),
+        "key_day" => Some("idx_usage_rollups_key_days_by_time"),
+        "key_week" => Some("idx_usage_rollups_key_weeks"),
+        "day" if key => Some("idx_usage_rollups_days_by_key"),
         _ => None,
     }
 }
 
 /// The statement for `db`. SQLite's planner has no statistics unless `ANALYZE` ran, and then
-/// prefers the (tenant, granularity, bucket) index, which reads every row of the range and
-/// sorts them; it is told to use the per-key index instead (a covering index-only scan in key
-/// order). PostgreSQL chooses by its statistics.
+/// prefers the (tenant, granularity, bucket) index, which is not covering and reads every
+/// family's rows of the range; it is told which partial index to use instead (covering
+/// index-only scans). PostgreSQL chooses by its statistics.
 fn build(db: &impl ConnectionTrait, query: &AggQuery, stmt: &SelectStatement) -> Statement {
     let backend = db.get_database_backend();
     let mut statement = backend.build(stmt);
     if backend == DbBackend::Sqlite {
-        if let Some(index) = key_index(query) {
-            statement.sql = statement.sql.replacen(
-                r#"FROM "usage_rollups""#,
-                &format!(r#"FROM "usage_rollups" INDEXED BY {index}"#),
-                1,
-            );
+        for family in ["key_day", "key_week", "day"] {
+            if let Some(index) = index_for(query, family) {
+                statement.sql = statement.sql.replace(
+                    &format!(r#"FROM "usage_rollups" WHERE granularity = '{family}'"#),
+                    &format!(
+                        r#"FROM "usage_rollups" INDEXED BY {index} WHERE granularity = '{family}'"#
+                    ),
+                );
+            }
         }
     }
     statement
@@ -220,7 +289,9 @@ pub enum Sort {
 fn stream_by_key(db: &impl ConnectionTrait, query: &AggQuery) -> bool {
     db.get_database_backend() == DbBackend::Postgres
         && query.group == Some(Dim::Key)
-        && key_index(query).is_some()
+        && granularity_of(query) == "key_day"
+        && query.tenant_id.is_some()
+        && weeks_of(query).is_none()
 }
 
 /// Runs a grouped statement; on PostgreSQL per-key groups are aggregated in index order (a

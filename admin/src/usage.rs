@@ -326,8 +326,8 @@ pub struct Mismatch {
 }
 
 /// Prove the rollups of whole days `[from, to)` equal the raw events of those days, for every
-/// rollup family (`ledger::rollups::ROLLUPS`). Run it only over days whose raw
-/// events have not been pruned.
+/// rollup family (`ledger::rollups::ROLLUPS`); weekly rollups are checked for the weeks wholly
+/// inside the range. Run it only over days whose raw events have not been pruned.
 pub async fn reconcile(
     db: &impl ConnectionTrait,
     from: DateTime<Utc>,
@@ -348,8 +348,12 @@ pub async fn reconcile(
     let mut mismatches = Vec::new();
     for rollup in ROLLUPS {
         let granularity = rollup.granularity;
+        let width = chrono::Duration::seconds(rollup.seconds);
         let mut expected: HashMap<Group, Totals> = HashMap::new();
-        for e in &events {
+        for e in events.iter().filter(|e| {
+            let bucket = rollup.bucket(e.started_at);
+            bucket >= from && bucket + width <= to
+        }) {
             let t = expected
                 .entry(rollup.group(
                     e.started_at,
@@ -369,7 +373,7 @@ pub async fn reconcile(
         let rollups = usage_rollup::Entity::find()
             .filter(usage_rollup::Column::Granularity.eq(granularity))
             .filter(usage_rollup::Column::BucketStart.gte(from))
-            .filter(usage_rollup::Column::BucketStart.lt(to))
+            .filter(usage_rollup::Column::BucketStart.lte(to - width))
             .all(db)
             .await?;
         for r in rollups {

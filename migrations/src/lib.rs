@@ -10,6 +10,7 @@ mod m20261124_000001_limits_budgets;
 mod m20261124_000002_ledger;
 mod m20261124_000003_console;
 mod m20261124_000004_key_rollups;
+mod m20261128_000001_key_weeks;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_ledger::Migration),
             Box::new(m20261124_000003_console::Migration),
             Box::new(m20261124_000004_key_rollups::Migration),
+            Box::new(m20261128_000001_key_weeks::Migration),
         ]
     }
 }

@@ -8,7 +8,7 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
-    /// The rollup family: `hour`, `day`, `tenant_hour`, `tenant_day`, `key_day`
+    /// The rollup family: `hour`, `day`, `tenant_hour`, `tenant_day`, `key_day`, `key_week`
     /// (`aiaas_admin::ledger::rollups::ROLLUPS`).
     pub granularity: String,
     pub bucket_start: DateTimeUtc,

@@ -2,13 +2,16 @@
 //! `granularity`: fine ones that keep every dimension, and coarser ones that drop some (their
 //! column holds 0 or '') so that console pages read far fewer rows.
 
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::{DateTime, Utc};
 
 /// One family: its name, its bucket width and the dimensions it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rollup {
     pub granularity: &'static str,
     pub seconds: i64,
+    /// Buckets start at `origin + n × seconds` (Unix seconds): 0 for hours and days, a Monday
+    /// for weeks.
+    pub origin: i64,
     pub key: bool,
     pub end_user: bool,
     /// Model and endpoint.
@@ -17,13 +20,17 @@ pub struct Rollup {
 
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
+pub const WEEK: i64 = 7 * DAY;
+/// 1970-01-05, the first Monday after the Unix epoch: weekly buckets are ISO weeks (UTC).
+pub const MONDAY: i64 = 4 * DAY;
 
 /// Every family an event is added to.
-pub const ROLLUPS: [Rollup; 5] = [
+pub const ROLLUPS: [Rollup; 6] = [
     // Fine: the usage API, exports and reconciliation read these.
     Rollup {
         granularity: "hour",
         seconds: HOUR,
+        origin: 0,
         key: true,
         end_user: true,
         model: true,
@@ -31,6 +38,7 @@ pub const ROLLUPS: [Rollup; 5] = [
     Rollup {
         granularity: "day",
         seconds: DAY,
+        origin: 0,
         key: true,
         end_user: true,
         model: true,
@@ -39,6 +47,7 @@ pub const ROLLUPS: [Rollup; 5] = [
     Rollup {
         granularity: "tenant_hour",
         seconds: HOUR,
+        origin: 0,
         key: false,
         end_user: false,
         model: true,
@@ -46,6 +55,7 @@ pub const ROLLUPS: [Rollup; 5] = [
     Rollup {
         granularity: "tenant_day",
         seconds: DAY,
+        origin: 0,
         key: false,
         end_user: false,
         model: true,
@@ -54,6 +64,17 @@ pub const ROLLUPS: [Rollup; 5] = [
     Rollup {
         granularity: "key_day",
         seconds: DAY,
+        origin: 0,
+        key: true,
+        end_user: false,
+        model: false,
+    },
+    // The same per week: a month of per-key sums reads about four weekly rows per key and the
+    // daily ones only for the days at either end (`insights`).
+    Rollup {
+        granularity: "key_week",
+        seconds: WEEK,
+        origin: MONDAY,
         key: true,
         end_user: false,
         model: false,
@@ -66,8 +87,8 @@ pub type Group = (DateTime<Utc>, i64, i64, String, String, String);
 impl Rollup {
     /// Start of the bucket that holds `at`.
     pub fn bucket(&self, at: DateTime<Utc>) -> DateTime<Utc> {
-        at.duration_trunc(chrono::Duration::seconds(self.seconds))
-            .unwrap_or(at)
+        let t = at.timestamp();
+        DateTime::from_timestamp(t - (t - self.origin).rem_euclid(self.seconds), 0).unwrap_or(at)
     }
 
     /// The row of this family that an event with these dimensions adds to.
@@ -131,5 +152,13 @@ mod tests {
             (day.into(), 1, 0, s("m"), s(""), s("/v1/embeddings"))
         );
         assert_eq!(groups[4], (day.into(), 1, 7, s(""), s(""), s("")));
+        let monday = DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z").unwrap();
+        assert_eq!(groups[5], (monday.into(), 1, 7, s(""), s(""), s("")));
+        // A Monday at midnight starts its own week; the Sunday before belongs to the last one.
+        let week = ROLLUPS[5];
+        assert_eq!(week.bucket(monday.into()), monday);
+        let sunday = DateTime::parse_from_rfc3339("2026-11-22T23:59:59Z").unwrap();
+        let before = DateTime::parse_from_rfc3339("2026-11-16T00:00:00Z").unwrap();
+        assert_eq!(week.bucket(sunday.into()), before);
     }
 }

@@ -69,8 +69,8 @@ async fn rollup_sums(db: &DatabaseConnection, granularity: &str) -> (i64, i64, i
     })
 }
 
-/// The `key_day` migration back-fills per-key rollups equal to those the writer maintains, and
-/// its `down` removes them.
+/// The `key_day` and `key_week` migrations back-fill per-key rollups equal to those the writer
+/// maintains, and their `down` removes them.
 #[tokio::test]
 async fn the_key_rollup_migration_backfills_what_the_writer_would_have_written() {
     use aiaas_migrations::MigratorTrait;
@@ -90,10 +90,11 @@ async fn the_key_rollup_migration_backfills_what_the_writer_would_have_written()
             events.push(e);
         }
         write_batch(&db, &events, &[]).await.unwrap();
-        let key_days = || async {
+        let conn = &db;
+        let key_days = |family: &'static str| async move {
             let mut rows: Vec<_> = usage_rollup::Entity::find()
-                .filter(usage_rollup::Column::Granularity.eq("key_day"))
-                .all(&db)
+                .filter(usage_rollup::Column::Granularity.eq(family))
+                .all(conn)
                 .await
                 .unwrap()
                 .into_iter()
@@ -116,14 +117,27 @@ async fn the_key_rollup_migration_backfills_what_the_writer_would_have_written()
             rows.sort();
             rows
         };
-        let written = key_days().await;
-        assert_eq!(written.len(), 12, "{backend:?}: 4 keys × 3 days");
-        aiaas_migrations::Migrator::down(&db, Some(1))
+        let days = key_days("key_day").await;
+        assert_eq!(days.len(), 12, "{backend:?}: 4 keys × 3 days");
+        let weeks = key_days("key_week").await;
+        assert_eq!(
+            weeks.len(),
+            8,
+            "{backend:?}: 4 keys × 2 weeks (Saturday 21 and Sunday 22 in one, Monday 23 in the next)"
+        );
+        assert_eq!(
+            weeks.iter().map(|w| w.6).sum::<i64>(),
+            40,
+            "{backend:?}: every event once"
+        );
+        aiaas_migrations::Migrator::down(&db, Some(2))
             .await
             .unwrap();
-        assert!(key_days().await.is_empty(), "{backend:?}");
+        assert!(key_days("key_day").await.is_empty(), "{backend:?}");
+        assert!(key_days("key_week").await.is_empty(), "{backend:?}");
         aiaas_migrations::Migrator::up(&db, None).await.unwrap();
-        assert_eq!(key_days().await, written, "{backend:?}");
+        assert_eq!(key_days("key_day").await, days, "{backend:?}");
+        assert_eq!(key_days("key_week").await, weeks, "{backend:?}");
     }
 }
 
@@ -141,7 +155,7 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
             let mut e = event(
                 &format!("agg{i}"),
                 ["m1", "m2"][(i % 2) as usize],
-                &format!("2026-11-{:02}T{:02}:17:00Z", 20 + i % 4, i % 24),
+                &format!("2026-11-{:02}T{:02}:17:00Z", 1 + i % 27, i % 24),
                 10 + i,
                 i % 7,
             );
@@ -156,8 +170,14 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
         }
         write_batch(&db, &events, &prices).await.unwrap();
         let raw = usage_event::Entity::find().all(&db).await.unwrap();
-        let from = at("2026-11-20T00:00:00Z");
-        let to = at("2026-11-25T00:00:00Z");
+        // Ranges with whole ISO weeks (per-key tables then read `key_week` rows for them and
+        // `key_day` rows for the days around), without one, and not on day boundaries.
+        let ranges = [
+            ("2026-11-01T00:00:00Z", "2026-11-28T00:00:00Z"),
+            ("2026-11-04T16:00:00Z", "2026-11-24T08:00:00Z"),
+            ("2026-11-09T00:00:00Z", "2026-11-16T00:00:00Z"),
+            ("2026-11-20T00:00:00Z", "2026-11-25T00:00:00Z"),
+        ];
         let filters = [
             Filters::default(),
             Filters {
@@ -186,7 +206,11 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
             Some(Dim::User),
             Some(Dim::Endpoint),
         ];
-        for granularity in [Granularity::Hour, Granularity::Day] {
+        for ((from, to), granularity) in ranges
+            .iter()
+            .flat_map(|r| [(r, Granularity::Hour), (r, Granularity::Day)])
+        {
+            let (from, to) = (at(from), at(to));
             for f in &filters {
                 for dim in dims {
                     let query = AggQuery {
@@ -201,15 +225,20 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
                         .await
                         .unwrap();
                     let mut want: BTreeMap<String, (i64, i64, i64, i64, i64)> = BTreeMap::new();
+                    let step = granularity.seconds();
                     for e in raw.iter().filter(|e| {
-                        e.tenant_id == Some(1)
+                        // A rollup row counts when its bucket starts in [from, to).
+                        let secs = e.started_at.timestamp();
+                        let bucket = secs - secs.rem_euclid(step);
+                        bucket >= from.timestamp()
+                            && bucket < to.timestamp()
+                            && e.tenant_id == Some(1)
                             && f.key_id.is_none_or(|k| e.key_id == Some(k))
                             && f.model.as_ref().is_none_or(|m| &e.model == m)
                             && f.end_user
                                 .as_ref()
                                 .is_none_or(|u| e.end_user.as_ref() == Some(u))
                     }) {
-                        let step = granularity.seconds();
                         let secs = e.started_at.timestamp();
                         let group = match dim {
                             None => String::new(),
@@ -248,7 +277,7 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
                             )
                         })
                         .collect();
-                    let case = format!("{backend:?} {granularity:?} {f:?} {dim:?}");
+                    let case = format!("{backend:?} {from} {to} {granularity:?} {f:?} {dim:?}");
                     if dim.is_none() && want.is_empty() {
                         assert_eq!(got.values().next(), Some(&(0, 0, 0, 0, 0)), "{case}");
                         continue;
@@ -264,8 +293,8 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
         let query = AggQuery {
             tenant_id: Some(1),
             granularity: Granularity::Day,
-            from,
-            to,
+            from: at("2026-11-01T00:00:00Z"),
+            to: at("2026-11-28T00:00:00Z"),
             filters: Filters::default(),
             group: Some(Dim::Key),
         };
@@ -274,6 +303,27 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
             .unwrap();
         assert!(rows.is_empty());
         assert_eq!(groups, 5, "tenant 1 used keys 10 to 14");
+
+        // Reconciliation covers the weekly rows of the weeks inside its range, and sees one drift.
+        let (first, last) = (at("2026-10-26T00:00:00Z"), at("2026-11-30T00:00:00Z"));
+        let clean = aiaas_admin::usage::reconcile(&db, first, last)
+            .await
+            .unwrap();
+        assert!(clean.is_empty(), "{backend:?}: {clean:?}");
+        db.execute_unprepared(
+            "UPDATE usage_rollups SET requests = requests + 1 WHERE id = \
+             (SELECT MIN(id) FROM usage_rollups WHERE granularity = 'key_week')",
+        )
+        .await
+        .unwrap();
+        let drift = aiaas_admin::usage::reconcile(&db, first, last)
+            .await
+            .unwrap();
+        assert_eq!(
+            drift.iter().map(|m| m.granularity).collect::<Vec<_>>(),
+            ["key_week"],
+            "{backend:?}"
+        );
     }
 }
 
