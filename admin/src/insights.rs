@@ -113,8 +113,8 @@ fn granularity_of(query: &AggQuery) -> &'static str {
 
 /// The whole weeks `[w0, w1)` of a per-key table (grouped by key, no key filter) over daily
 /// rollups that the weekly `key_week` rows can answer: every week that starts at or after `from`
-/// and whose last day starts before `to`. The days outside them still come from `key_day`, so the
-/// sums are those of the daily rows exactly. `None` when the range holds no whole week.
+/// and whose last day starts before `to`. `week_parts` adds the days around them, so the sums are
+/// those of the daily rows exactly. `None` when the range holds no whole week.
 fn weeks_of(query: &AggQuery) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     use crate::ledger::rollups::{MONDAY, WEEK};
     if granularity_of(query) != "key_day"
@@ -174,32 +174,71 @@ fn rows_of(
 /// The sums the query matches, not yet grouped: over the rows of one family, or, for a per-key
 /// table spanning whole weeks, over the weekly rows of those weeks and the daily rows of the days
 /// around them (`UNION ALL`).
+/// Rows of one family in `[from, to)`, added (`1`) or subtracted (`-1`).
+type Part = (&'static str, DateTime<Utc>, DateTime<Utc>, i8);
+
+/// The rows a per-key table over whole weeks reads, each added (`1`) or subtracted (`-1`): the
+/// weekly rows of the whole weeks, and at either end the cheaper of the daily rows of the days
+/// in range, or the weekly row of that week minus the daily rows of its days out of range (so
+/// an end reads at most three days: for "the last 30 days" the days after today hold nothing).
+fn week_parts(query: &AggQuery) -> Option<Vec<Part>> {
+    use crate::ledger::rollups::WEEK;
+    const DAY: i64 = 86_400;
+    let (w0, w1) = weeks_of(query)?;
+    let time = |t: i64| DateTime::from_timestamp(t, 0);
+    let up = |t: i64| t + (-t).rem_euclid(DAY);
+    // The first and the last day (exclusive) whose daily rows the range counts.
+    let first = up(query.from.timestamp());
+    let end = up(query.to.timestamp());
+    let (w0, w1) = (w0.timestamp(), w1.timestamp());
+    let mut parts = vec![("key_week", time(w0)?, time(w1)?, 1)];
+    if first < w0 {
+        if (w0 - first) / DAY > 3 {
+            parts.push(("key_week", time(w0 - WEEK)?, time(w0)?, 1));
+            parts.push(("key_day", time(w0 - WEEK)?, time(first)?, -1));
+        } else {
+            parts.push(("key_day", time(first)?, time(w0)?, 1));
+        }
+    }
+    if w1 < end {
+        if (end - w1) / DAY > 3 {
+            parts.push(("key_week", time(w1)?, time(w1 + WEEK)?, 1));
+            parts.push(("key_day", time(end)?, time(w1 + WEEK)?, -1));
+        } else {
+            parts.push(("key_day", time(w1)?, time(end)?, 1));
+        }
+    }
+    Some(parts)
+}
+
+/// The sums the query matches, not yet grouped: over the rows of one family, or, for a per-key
+/// table spanning whole weeks, over the signed parts of `week_parts` (`UNION ALL`; `grouped`
+/// then drops keys whose parts cancel out).
 fn base(query: &AggQuery) -> SelectStatement {
-    let mut stmt =
-        match weeks_of(query) {
-            None => rows_of(query, granularity_of(query), query.from, query.to),
-            Some((w0, w1)) => {
-                let parts = [
-                    ("key_week", w0, w1),
-                    ("key_day", query.from, w0),
-                    ("key_day", w1, query.to),
-                ];
-                let mut selects = parts.into_iter().filter(|(_, from, to)| from < to).map(
-                    |(family, from, to)| {
-                        let mut part = rows_of(query, family, from, to);
-                        part.columns(std::iter::once("key_id").chain(SUMS).map(Alias::new));
-                        part
-                    },
-                );
-                let mut union = selects.next().unwrap_or_else(Query::select);
-                for part in selects {
-                    union.union(sea_orm::sea_query::UnionType::All, part);
+    let mut stmt = match week_parts(query) {
+        None => rows_of(query, granularity_of(query), query.from, query.to),
+        Some(parts) => {
+            let mut selects = parts.into_iter().map(|(family, from, to, sign)| {
+                let mut part = rows_of(query, family, from, to);
+                part.column(Alias::new("key_id"));
+                for col in SUMS {
+                    if sign < 0 {
+                        part.expr_as(Expr::cust(format!("-{col}")), Alias::new(col));
+                    } else {
+                        part.column(Alias::new(col));
+                    }
                 }
-                let mut outer = Query::select();
-                outer.from_subquery(union, Alias::new("r"));
-                outer
+                part
+            });
+            let mut union = selects.next().unwrap_or_else(Query::select);
+            for part in selects {
+                union.union(sea_orm::sea_query::UnionType::All, part);
             }
-        };
+            let mut outer = Query::select();
+            outer.from_subquery(union, Alias::new("r"));
+            outer
+        }
+    };
     for col in SUMS {
         // PostgreSQL's SUM(bigint) is numeric: cast back so both backends return i64.
         stmt.expr_as(
@@ -229,17 +268,22 @@ fn index_for(query: &AggQuery, family: &str) -> Option<&'static str> {
 /// family's rows of the range; it is told which partial index to use instead (covering
 /// index-only scans). PostgreSQL chooses by its statistics.
 fn build(db: &impl ConnectionTrait, query: &AggQuery, stmt: &SelectStatement) -> Statement {
-    let backend = db.get_database_backend();
+    build_for(db.get_database_backend(), query, stmt)
+}
+
+fn build_for(backend: DbBackend, query: &AggQuery, stmt: &SelectStatement) -> Statement {
     let mut statement = backend.build(stmt);
     if backend == DbBackend::Sqlite {
         for family in ["key_day", "key_week", "day"] {
             if let Some(index) = index_for(query, family) {
-                statement.sql = statement.sql.replace(
-                    &format!(r#"FROM "usage_rollups" WHERE granularity = '{family}'"#),
-                    &format!(
-                        r#"FROM "usage_rollups" INDEXED BY {index} WHERE granularity = '{family}'"#
-                    ),
+                // sea-query writes the custom condition in parentheses.
+                let from = format!(r#"FROM "usage_rollups" WHERE (granularity = '{family}')"#);
+                let indexed = from.replacen(
+                    r#""usage_rollups""#,
+                    &format!(r#""usage_rollups" INDEXED BY {index}"#),
+                    1,
                 );
+                statement.sql = statement.sql.replace(&from, &indexed);
             }
         }
     }
@@ -282,33 +326,41 @@ pub enum Sort {
     Requests,
 }
 
-/// Whether PostgreSQL should aggregate the per-key rows as they come out of the per-key index
-/// (already in key order) instead of hashing them. Its planner prefers a hash aggregate over a
-/// sequential or parallel scan for ten thousand keys, which measured twice as slow (see
-/// `bench/README.md`, console pages).
-fn stream_by_key(db: &impl ConnectionTrait, query: &AggQuery) -> bool {
-    db.get_database_backend() == DbBackend::Postgres
-        && query.group == Some(Dim::Key)
-        && granularity_of(query) == "key_day"
-        && query.tenant_id.is_some()
-        && weeks_of(query).is_none()
+/// A PostgreSQL planner setting for one tenant's per-key table, measured on the console bench
+/// (`bench/README.md`, console pages; 1,000,000 events over 10,000 keys, 2 cores):
+/// - over whole weeks (`key_week` and `key_day` rows, `UNION ALL`): no parallel workers. Its
+///   planner splits the ~80k rows over two workers and merges their partial aggregates, which
+///   took 90–120 ms against 55–78 ms in one process;
+/// - over days only: no hash aggregate. It chose a parallel sequential scan and hashed the rows;
+///   aggregating the covering index-only scan in key order took half the time.
+fn planner_setting(db: &impl ConnectionTrait, query: &AggQuery) -> Option<&'static str> {
+    if db.get_database_backend() != DbBackend::Postgres
+        || query.group != Some(Dim::Key)
+        || granularity_of(query) != "key_day"
+        || query.tenant_id.is_none()
+    {
+        return None;
+    }
+    Some(match weeks_of(query) {
+        Some(_) => "SET LOCAL max_parallel_workers_per_gather = 0",
+        None => "SET LOCAL enable_hashagg = off",
+    })
 }
 
-/// Runs a grouped statement; on PostgreSQL per-key groups are aggregated in index order (a
-/// read-only transaction scopes the planner setting to this one statement).
+/// Runs a grouped statement, with its planner setting if it has one (scoped to this statement
+/// by a read-only transaction).
 async fn query_groups(
     db: &(impl ConnectionTrait + TransactionTrait),
     query: &AggQuery,
     statement: Statement,
 ) -> Result<Vec<QueryResult>> {
-    if !stream_by_key(db, query) {
+    let Some(setting) = planner_setting(db, query) else {
         return Ok(db.query_all(statement).await?);
-    }
+    };
     let txn = db
         .begin_with_config(None, Some(AccessMode::ReadOnly))
         .await?;
-    txn.execute_unprepared("SET LOCAL enable_hashagg = off")
-        .await?;
+    txn.execute_unprepared(setting).await?;
     let rows = txn.query_all(statement).await?;
     txn.commit().await?;
     Ok(rows)
@@ -335,6 +387,11 @@ pub async fn grouped(
     let col = Alias::new(dim.column());
     let mut stmt = base(query);
     stmt.column(col.clone()).group_by_col(col.clone());
+    if week_parts(query).is_some() {
+        // A key used only on days that a week's part subtracts again: every rollup row counts
+        // at least one request, so a group with none has no rows in range.
+        stmt.and_having(Expr::cust("SUM(requests) <> 0"));
+    }
     let mut count = Query::select();
     count
         .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
@@ -411,4 +468,99 @@ pub async fn series(
         at += step;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn by_key(from: &str, to: &str) -> AggQuery {
+        AggQuery {
+            tenant_id: Some(1),
+            granularity: Granularity::Day,
+            from: at(from),
+            to: at(to),
+            filters: Filters::default(),
+            group: Some(Dim::Key),
+        }
+    }
+
+    #[test]
+    fn whole_weeks_are_those_every_day_of_which_the_daily_rows_would_count() {
+        let weeks = |q: &AggQuery| weeks_of(q).map(|(a, b)| (a.to_rfc3339(), b.to_rfc3339()));
+        // 2026-10-29 is a Thursday, 2026-11-29 a Sunday: the weeks of Mondays 2, 9 and 16.
+        assert_eq!(
+            weeks(&by_key("2026-10-29T00:00:00Z", "2026-11-29T00:00:00Z")),
+            Some((
+                "2026-11-02T00:00:00+00:00".into(),
+                "2026-11-23T00:00:00+00:00".into()
+            ))
+        );
+        // Ending on a Monday at midnight includes the week before it.
+        assert_eq!(
+            weeks(&by_key("2026-11-02T00:00:00Z", "2026-11-30T00:00:00Z")),
+            Some((
+                "2026-11-02T00:00:00+00:00".into(),
+                "2026-11-30T00:00:00+00:00".into()
+            ))
+        );
+        // Off day boundaries: daily rows from Thursday 5 (the first day starting after 16:00 on
+        // the 4th) to Tuesday 24 (starting before 08:00 on the 24th).
+        assert_eq!(
+            weeks(&by_key("2026-11-04T16:00:00Z", "2026-11-24T08:00:00Z")),
+            Some((
+                "2026-11-09T00:00:00+00:00".into(),
+                "2026-11-23T00:00:00+00:00".into()
+            ))
+        );
+        assert_eq!(
+            weeks(&by_key("2026-11-20T00:00:00Z", "2026-11-25T00:00:00Z")),
+            None
+        );
+        let mut one_key = by_key("2026-10-29T00:00:00Z", "2026-11-29T00:00:00Z");
+        one_key.filters.key_id = Some(7);
+        assert_eq!(weeks(&one_key), None, "one key reads its days");
+        let mut by_model = by_key("2026-10-29T00:00:00Z", "2026-11-29T00:00:00Z");
+        by_model.group = Some(Dim::Model);
+        assert_eq!(weeks(&by_model), None);
+    }
+
+    #[test]
+    fn sqlite_statements_name_the_partial_index_of_each_family() {
+        let query = by_key("2026-10-29T00:00:00Z", "2026-11-29T00:00:00Z");
+        let sql = build_for(DbBackend::Sqlite, &query, &base(&query)).sql;
+        assert!(
+            sql.contains(r#""usage_rollups" INDEXED BY idx_usage_rollups_key_weeks WHERE (granularity = 'key_week')"#),
+            "{sql}"
+        );
+        // Thursday 29 to Sunday 1 is read as the week of Monday 26 minus its first three
+        // days; Monday 23 to Saturday 28 as that week minus Sunday 29.
+        assert_eq!(
+            sql.matches("INDEXED BY idx_usage_rollups_key_weeks")
+                .count(),
+            3,
+            "{sql}"
+        );
+        assert_eq!(
+            sql.matches("INDEXED BY idx_usage_rollups_key_days_by_time")
+                .count(),
+            2,
+            "{sql}"
+        );
+        assert_eq!(sql.matches("-requests").count(), 2, "{sql}");
+        let mut one_key = query.clone();
+        one_key.filters.key_id = Some(7);
+        let sql = build_for(DbBackend::Sqlite, &one_key, &base(&one_key)).sql;
+        assert!(
+            sql.contains("INDEXED BY idx_usage_rollups_key_days WHERE"),
+            "{sql}"
+        );
+        let postgres = build_for(DbBackend::Postgres, &query, &base(&query)).sql;
+        assert!(!postgres.contains("INDEXED BY"), "{postgres}");
+    }
 }

@@ -233,12 +233,28 @@ async fn run(label: &str, url: &str) {
 
 #[actix_web::main]
 async fn main() {
+    let keep = std::env::var_os("AIAAS_BENCH_KEEP_DB").is_some();
+    // `AIAAS_BENCH_ONLY=sqlite` or `=postgres` runs one backend.
+    let only = std::env::var("AIAAS_BENCH_ONLY").unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    run(
-        "SQLite (WAL)",
-        &format!("sqlite://{}", dir.path().join("console.db").display()),
-    )
-    .await;
+    if only != "postgres" {
+        let path = dir.path().join("console.db");
+        run("SQLite (WAL)", &format!("sqlite://{}", path.display())).await;
+        if keep {
+            let kept =
+                std::env::temp_dir().join(format!("aiaas_console_bench_{}.db", std::process::id()));
+            std::fs::copy(&path, &kept).expect("keep the SQLite database");
+            // What the write-ahead log still holds goes with it.
+            let wal = path.with_extension("db-wal");
+            if wal.exists() {
+                std::fs::copy(&wal, kept.with_extension("db-wal")).expect("keep its WAL");
+            }
+            eprintln!("kept sqlite://{}", kept.display());
+        }
+    }
+    if only == "sqlite" {
+        return;
+    }
     if let Ok(base) = std::env::var("TEST_DATABASE_URL") {
         let name = format!("aiaas_console_bench_{}", std::process::id());
         let admin = database_admin(&base).await;
@@ -252,7 +268,7 @@ async fn main() {
             None => base.clone(),
         };
         run("PostgreSQL", &url).await;
-        if std::env::var_os("AIAAS_BENCH_KEEP_DB").is_some() {
+        if keep {
             // For looking at query plans on the same data afterwards.
             eprintln!("kept {url}");
         } else {

@@ -168,6 +168,12 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
             }
             events.push(e);
         }
+        // A key used on one day only, Tuesday 3: a per-key table from Thursday 5 reads the week
+        // of Monday 2 minus its first three days, where this key's parts cancel out.
+        let mut lone = event("agg-lone", "m1", "2026-11-03T10:00:00Z", 5, 5);
+        lone.tenant_id = Some(1);
+        lone.key_id = Some(99);
+        events.push(lone);
         write_batch(&db, &events, &prices).await.unwrap();
         let raw = usage_event::Entity::find().all(&db).await.unwrap();
         // Ranges with whole ISO weeks (per-key tables then read `key_week` rows for them and
@@ -302,7 +308,7 @@ async fn console_aggregates_equal_the_raw_events_whichever_rollups_answer() {
             .await
             .unwrap();
         assert!(rows.is_empty());
-        assert_eq!(groups, 5, "tenant 1 used keys 10 to 14");
+        assert_eq!(groups, 6, "tenant 1 used keys 10 to 14 and 99");
 
         // Reconciliation covers the weekly rows of the weeks inside its range, and sees one drift.
         let (first, last) = (at("2026-10-26T00:00:00Z"), at("2026-11-30T00:00:00Z"));
