@@ -605,7 +605,50 @@ fn escape(text: &str) -> String {
 }
 
 /// The statement as a printable HTML page (no scripts, no external resources).
+/// The words of a printed statement, in one language.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementLabels<'a> {
+    /// The document's `lang` (BCP 47).
+    pub lang: &'a str,
+    pub title: &'a str,
+    pub tenant: &'a str,
+    pub period: &'a str,
+    pub currency: &'a str,
+    pub model: &'a str,
+    pub requests: &'a str,
+    pub prompt_tokens: &'a str,
+    pub completion_tokens: &'a str,
+    pub total_tokens: &'a str,
+    pub cost: &'a str,
+    pub total: &'a str,
+}
+
+impl StatementLabels<'static> {
+    /// What `aiaas usage statement --format html` prints.
+    pub const ENGLISH: Self = Self {
+        lang: "en",
+        title: "Usage statement",
+        tenant: "Tenant",
+        period: "Period",
+        currency: "Currency",
+        model: "Model",
+        requests: "Requests",
+        prompt_tokens: "Prompt tokens",
+        completion_tokens: "Completion tokens",
+        total_tokens: "Total tokens",
+        cost: "Cost",
+        total: "Total",
+    };
+}
+
+/// The statement as a printable HTML document, in English.
 pub fn statement_html(s: &Statement) -> String {
+    statement_html_in(s, &StatementLabels::ENGLISH)
+}
+
+/// The statement as a printable HTML document with these labels (the console's language). Only
+/// the words change: the figures are the same exact decimals in every language.
+pub fn statement_html_in(s: &Statement, l: &StatementLabels) -> String {
     let row = |name: &str, t: &Totals, strong: bool| {
         let (open, close) = if strong {
             ("<th>", "</th>")
@@ -628,20 +671,31 @@ pub fn statement_html(s: &Statement) -> String {
         body.push_str(&row(&r.group[0], &r.totals, false));
     }
     format!(
-        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\
-         <title>Usage statement {month} - {tenant}</title>\n<style>\
+        "<!doctype html>\n<html lang={lang}><head><meta charset=utf-8>\
+         <title>{title} {month} - {tenant}</title>\n<style>\
          body{{font:14px sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%}}\
          th,td{{border-bottom:1px solid #ccc;padding:.4em;text-align:left}}.n{{text-align:right}}\
          tfoot th,tfoot td{{border-top:2px solid #000;font-weight:bold}}\
          @media print{{body{{margin:0}}}}</style></head>\n<body>\n\
-         <h1>Usage statement</h1>\n<p>Tenant: <strong>{tenant}</strong><br>Period: {month} \
-         (UTC)<br>Currency: {currency}</p>\n<table>\n<thead><tr><th>Model</th><th class=n>\
-         Requests</th><th class=n>Prompt tokens</th><th class=n>Completion tokens</th>\
-         <th class=n>Total tokens</th><th class=n>Cost</th></tr></thead>\n<tbody>\n{body}\
-         </tbody>\n<tfoot>{total}</tfoot>\n</table>\n</body></html>\n",
+         <h1>{title}</h1>\n<p>{l_tenant}: <strong>{tenant}</strong><br>{l_period}: {month} \
+         (UTC)<br>{l_currency}: {currency}</p>\n<table>\n<thead><tr><th>{l_model}</th>\
+         <th class=n>{l_requests}</th><th class=n>{l_prompt}</th><th class=n>{l_completion}</th>\
+         <th class=n>{l_total_tokens}</th><th class=n>{l_cost}</th></tr></thead>\n<tbody>\n\
+         {body}</tbody>\n<tfoot>{total}</tfoot>\n</table>\n</body></html>\n",
+        lang = escape(l.lang),
+        title = escape(l.title),
+        l_tenant = escape(l.tenant),
+        l_period = escape(l.period),
+        l_currency = escape(l.currency),
+        l_model = escape(l.model),
+        l_requests = escape(l.requests),
+        l_prompt = escape(l.prompt_tokens),
+        l_completion = escape(l.completion_tokens),
+        l_total_tokens = escape(l.total_tokens),
+        l_cost = escape(l.cost),
         month = escape(&s.month),
         tenant = escape(&s.tenant),
         currency = escape(&s.currency),
-        total = row("Total", &s.total, true),
+        total = row(l.total, &s.total, true),
     )
 }

@@ -748,7 +748,26 @@ async fn statement_print(
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         ))
-        .body(usage::statement_html(&s)))
+        .body(usage::statement_html_in(&s, &statement_labels(&viewer))))
+}
+
+/// The printed statement's words in the viewer's language.
+fn statement_labels(viewer: &Viewer) -> usage::StatementLabels<'static> {
+    let t = viewer.t();
+    usage::StatementLabels {
+        lang: viewer.lang.tag(),
+        title: t.statement_title,
+        tenant: t.tenant,
+        period: t.period_label,
+        currency: t.currency,
+        model: t.model,
+        requests: t.requests,
+        prompt_tokens: t.prompt_tokens,
+        completion_tokens: t.completion_tokens,
+        total_tokens: t.total_tokens,
+        cost: t.cost,
+        total: t.total,
+    }
 }
 
 async fn statement_csv(

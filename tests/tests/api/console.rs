@@ -907,11 +907,30 @@ async fn the_language_follows_accept_language_and_the_switch() {
     assert_eq!(res.status, 303);
     let page = zh.get("/admin/keys").await;
     assert!(page.body.contains("API 密钥") && page.body.contains("创建密钥"));
+    // The printable statement speaks the viewer's language too.
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let statement = format!("/admin/statements/{month}/print");
+    let printed = zh.get(&statement).await;
+    assert_eq!(printed.status, 200, "{}", printed.body);
+    assert!(
+        printed.body.contains("<html lang=zh-Hans>")
+            && printed.body.contains("<h1>用量账单</h1>")
+            && printed.body.contains("<th>合计</th>"),
+        "{}",
+        printed.body
+    );
     let switch = zh.get("/admin/lang/en?back=/admin/keys").await;
     assert_eq!(switch.status, 303);
     assert_eq!(switch.location(), "/admin/keys");
     let page = zh.get("/admin/keys").await;
     assert!(page.body.contains("lang=\"en\"") && page.body.contains("Create key"));
+    let printed = zh.get(&statement).await;
+    assert!(
+        printed.body.contains("<html lang=en>")
+            && printed.body.contains("<h1>Usage statement</h1>"),
+        "{}",
+        printed.body
+    );
     // No open redirect through the switch.
     let evil = zh.get("/admin/lang/zh?back=https://evil.example/").await;
     assert_eq!(evil.location(), "/admin/dashboard");
