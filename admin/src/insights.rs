@@ -116,18 +116,15 @@ fn granularity_of(query: &AggQuery) -> &'static str {
 /// and whose last day starts before `to`. `week_parts` adds the days around them, so the sums are
 /// those of the daily rows exactly. `None` when the range holds no whole week.
 fn weeks_of(query: &AggQuery) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    use crate::ledger::rollups::{MONDAY, WEEK};
+    use crate::ledger::rollups::{ceil_to, floor_to, DAY, MONDAY, WEEK};
     if granularity_of(query) != "key_day"
         || query.group != Some(Dim::Key)
         || query.filters.key_id.is_some()
     {
         return None;
     }
-    // The smallest `origin + n × step` at or after `t`, and the largest at or before it.
-    let up = |t: i64, step: i64, origin: i64| t + (origin - t).rem_euclid(step);
-    let down = |t: i64, step: i64, origin: i64| t - (t - origin).rem_euclid(step);
-    let w0 = up(query.from.timestamp(), WEEK, MONDAY);
-    let w1 = down(up(query.to.timestamp(), 86_400, 0), WEEK, MONDAY);
+    let w0 = ceil_to(query.from.timestamp(), WEEK, MONDAY);
+    let w1 = floor_to(ceil_to(query.to.timestamp(), DAY, 0), WEEK, MONDAY);
     if w0 >= w1 {
         return None;
     }
@@ -182,14 +179,12 @@ type Part = (&'static str, DateTime<Utc>, DateTime<Utc>, i8);
 /// in range, or the weekly row of that week minus the daily rows of its days out of range (so
 /// an end reads at most three days: for "the last 30 days" the days after today hold nothing).
 fn week_parts(query: &AggQuery) -> Option<Vec<Part>> {
-    use crate::ledger::rollups::WEEK;
-    const DAY: i64 = 86_400;
+    use crate::ledger::rollups::{ceil_to, DAY, WEEK};
     let (w0, w1) = weeks_of(query)?;
     let time = |t: i64| DateTime::from_timestamp(t, 0);
-    let up = |t: i64| t + (-t).rem_euclid(DAY);
     // The first and the last day (exclusive) whose daily rows the range counts.
-    let first = up(query.from.timestamp());
-    let end = up(query.to.timestamp());
+    let first = ceil_to(query.from.timestamp(), DAY, 0);
+    let end = ceil_to(query.to.timestamp(), DAY, 0);
     let (w0, w1) = (w0.timestamp(), w1.timestamp());
     let mut parts = vec![("key_week", time(w0)?, time(w1)?, 1)];
     if first < w0 {

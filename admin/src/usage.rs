@@ -604,7 +604,6 @@ fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The statement as a printable HTML page (no scripts, no external resources).
 /// The words of a printed statement, in one language.
 #[derive(Debug, Clone, Copy)]
 pub struct StatementLabels<'a> {
@@ -646,8 +645,9 @@ pub fn statement_html(s: &Statement) -> String {
     statement_html_in(s, &StatementLabels::ENGLISH)
 }
 
-/// The statement as a printable HTML document with these labels (the console's language). Only
-/// the words change: the figures are the same exact decimals in every language.
+/// The statement as a printable HTML page (no scripts, no external resources) with these labels
+/// (the console's language). Only the words change: the figures are the same exact decimals in
+/// every language.
 pub fn statement_html_in(s: &Statement, l: &StatementLabels) -> String {
     let row = |name: &str, t: &Totals, strong: bool| {
         let (open, close) = if strong {

@@ -19,7 +19,7 @@ pub struct Rollup {
 }
 
 const HOUR: i64 = 3600;
-const DAY: i64 = 86_400;
+pub const DAY: i64 = 86_400;
 pub const WEEK: i64 = 7 * DAY;
 /// 1970-01-05, the first Monday after the Unix epoch: weekly buckets are ISO weeks (UTC).
 pub const MONDAY: i64 = 4 * DAY;
@@ -81,14 +81,24 @@ pub const ROLLUPS: [Rollup; 6] = [
     },
 ];
 
+/// The largest `origin + n × step` at or before `t` (Unix seconds).
+pub fn floor_to(t: i64, step: i64, origin: i64) -> i64 {
+    t - (t - origin).rem_euclid(step)
+}
+
+/// The smallest `origin + n × step` at or after `t` (Unix seconds).
+pub fn ceil_to(t: i64, step: i64, origin: i64) -> i64 {
+    t + (origin - t).rem_euclid(step)
+}
+
 /// The group of a rollup row: bucket start, tenant, key, model, end user, endpoint.
 pub type Group = (DateTime<Utc>, i64, i64, String, String, String);
 
 impl Rollup {
     /// Start of the bucket that holds `at`.
     pub fn bucket(&self, at: DateTime<Utc>) -> DateTime<Utc> {
-        let t = at.timestamp();
-        DateTime::from_timestamp(t - (t - self.origin).rem_euclid(self.seconds), 0).unwrap_or(at)
+        DateTime::from_timestamp(floor_to(at.timestamp(), self.seconds, self.origin), 0)
+            .unwrap_or(at)
     }
 
     /// The row of this family that an event with these dimensions adds to.
