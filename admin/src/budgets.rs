@@ -19,6 +19,7 @@ use crate::audit::{self, Actor, Event};
 use crate::entity::{budget, budget_reservation, budget_usage};
 use crate::error::{AdminError, Result};
 use crate::Scope;
+use crate::Text;
 
 /// What a budget counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,12 @@ impl Period {
             Some(Ok(days)) if (1..=3660).contains(&days) => Ok(Period::Days(days)),
             _ => Err(AdminError::invalid(
                 "period",
-                format!("`{text}` is not a period: use `monthly` or a number of days like `7d`"),
+                Text::new(
+                    format!(
+                        "`{text}` is not a period: use `monthly` or a number of days like `7d`"
+                    ),
+                    format!("`{text}` 不是有效的周期：请填写 `monthly` 或天数，例如 `7d`"),
+                ),
             )),
         }
     }
@@ -198,7 +204,10 @@ pub async fn set_budget(
     if amount <= 0 {
         return Err(AdminError::invalid(
             "amount",
-            "a budget must be a positive amount",
+            Text::new(
+                "a budget must be a positive amount",
+                "预算必须是大于零的金额",
+            ),
         ));
     }
     let txn = crate::db::begin_write(db).await?;

@@ -18,6 +18,7 @@ use crate::entity::jwt_key;
 use crate::error::{AdminError, Result};
 use crate::keys::{self, random_id};
 use crate::Scope;
+use crate::Text;
 
 /// The claims aiaas reads. `exp`, `nbf`, `iss` and `aud` are checked by the verifier itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,7 +53,10 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm> {
         "EdDSA" => Ok(Algorithm::EdDSA),
         other => Err(AdminError::invalid(
             "alg",
-            format!("unsupported algorithm `{other}`: use HS256, RS256, ES256 or EdDSA"),
+            Text::new(
+                format!("unsupported algorithm `{other}`: use HS256, RS256, ES256 or EdDSA"),
+                format!("不支持的算法 `{other}`：请使用 HS256、RS256、ES256 或 EdDSA"),
+            ),
         )),
     }
 }
@@ -72,15 +76,20 @@ pub fn decoding_key(row: &jwt_key::Model) -> Result<(Algorithm, DecodingKey)> {
     let alg = parse_algorithm(&row.algorithm)?;
     let key = match alg {
         Algorithm::HS256 => {
-            let secret = row
-                .secret
-                .as_deref()
-                .ok_or_else(|| AdminError::invalid("secret", "an HS256 key needs a secret"))?;
+            let secret = row.secret.as_deref().ok_or_else(|| {
+                AdminError::invalid(
+                    "secret",
+                    Text::new("an HS256 key needs a secret", "HS256 验证密钥需要共享密钥"),
+                )
+            })?;
             DecodingKey::from_secret(&decode_secret(secret)?)
         }
         _ => {
             let pem = row.public_key.as_deref().ok_or_else(|| {
-                AdminError::invalid("public_key", "this algorithm needs a public key")
+                AdminError::invalid(
+                    "public_key",
+                    Text::new("this algorithm needs a public key", "此算法需要公钥"),
+                )
             })?;
             let parsed = match alg {
                 Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
@@ -90,7 +99,10 @@ pub fn decoding_key(row: &jwt_key::Model) -> Result<(Algorithm, DecodingKey)> {
             parsed.map_err(|e| {
                 AdminError::invalid(
                     "public_key",
-                    format!("not a PEM public key for {}: {e}", row.algorithm),
+                    Text::new(
+                        format!("not a PEM public key for {}: {e}", row.algorithm),
+                        format!("不是 {} 的 PEM 公钥：{e}", row.algorithm),
+                    ),
                 )
             })?
         }
@@ -101,7 +113,15 @@ pub fn decoding_key(row: &jwt_key::Model) -> Result<(Algorithm, DecodingKey)> {
 fn decode_secret(secret: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(secret)
-        .map_err(|_| AdminError::invalid("secret", "the stored HS256 secret is not base64url"))
+        .map_err(|_| {
+            AdminError::invalid(
+                "secret",
+                Text::new(
+                    "the stored HS256 secret is not base64url",
+                    "已保存的 HS256 共享密钥不是 base64url 编码",
+                ),
+            )
+        })
 }
 
 pub struct NewJwtKey {
@@ -129,7 +149,10 @@ pub async fn insert_jwt_key(
             if secret.expose_secret().len() < MIN_HS256_SECRET {
                 return Err(AdminError::invalid(
                     "secret",
-                    format!("an HS256 secret needs at least {MIN_HS256_SECRET} bytes"),
+                    Text::new(
+                        format!("an HS256 secret needs at least {MIN_HS256_SECRET} bytes"),
+                        format!("HS256 共享密钥至少需要 {MIN_HS256_SECRET} 字节"),
+                    ),
                 ));
             }
             let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -139,16 +162,22 @@ pub async fn insert_jwt_key(
         (Algorithm::HS256, _, _) => {
             return Err(AdminError::invalid(
                 "secret",
-                "an HS256 key takes a secret and no public key",
+                Text::new(
+                    "an HS256 key takes a secret and no public key",
+                    "HS256 验证密钥只需共享密钥，不接受公钥",
+                ),
             ))
         }
         (_, None, Some(pem)) => (None, Some(pem.trim().to_string())),
         (_, _, _) => {
             return Err(AdminError::invalid(
                 "public_key",
-                format!(
-                    "an {} key takes a PEM public key and no secret",
-                    new.algorithm
+                Text::new(
+                    format!(
+                        "an {} key takes a PEM public key and no secret",
+                        new.algorithm
+                    ),
+                    format!("{} 验证密钥只需 PEM 公钥，不接受共享密钥", new.algorithm),
                 ),
             ))
         }
@@ -303,12 +332,18 @@ pub async fn mint_key_token(
     if ttl <= Duration::zero() || ttl > Duration::days(366) {
         return Err(AdminError::invalid(
             "ttl",
-            "the lifetime must be between 1 second and 366 days",
+            Text::new(
+                "the lifetime must be between 1 second and 366 days",
+                "有效期必须在 1 秒到 366 天之间",
+            ),
         ));
     }
     let key = keys::find_key_in_scope(db, scope, public_id).await?;
     if !keys::is_active(&key, Utc::now()) {
-        return Err(AdminError::invalid("key", "the key is revoked or expired"));
+        return Err(AdminError::invalid(
+            "key",
+            Text::new("the key is revoked or expired", "该密钥已吊销或已过期"),
+        ));
     }
     let signing = ensure_platform_key(db).await?;
     let secret = decode_secret(signing.secret.as_deref().unwrap_or_default())?;
@@ -339,7 +374,15 @@ pub async fn mint_key_token(
         },
         &EncodingKey::from_secret(&secret),
     )
-    .map_err(|e| AdminError::invalid("token", format!("cannot sign the token: {e}")))
+    .map_err(|e| {
+        AdminError::invalid(
+            "token",
+            Text::new(
+                format!("cannot sign the token: {e}"),
+                format!("无法签发令牌：{e}"),
+            ),
+        )
+    })
 }
 
 /// Mint a short-lived operator token (at most 24 h): it reads any tenant's usage through the
@@ -353,7 +396,10 @@ pub async fn mint_operator_token(
     if ttl <= Duration::zero() || ttl > Duration::hours(24) {
         return Err(AdminError::invalid(
             "ttl",
-            "an operator token lives between 1 second and 24 hours",
+            Text::new(
+                "an operator token lives between 1 second and 24 hours",
+                "运营管理员令牌的有效期必须在 1 秒到 24 小时之间",
+            ),
         ));
     }
     let signing = ensure_platform_key(db).await?;
@@ -380,7 +426,15 @@ pub async fn mint_operator_token(
         },
         &EncodingKey::from_secret(&secret),
     )
-    .map_err(|e| AdminError::invalid("token", format!("cannot sign the token: {e}")))?;
+    .map_err(|e| {
+        AdminError::invalid(
+            "token",
+            Text::new(
+                format!("cannot sign the token: {e}"),
+                format!("无法签发令牌：{e}"),
+            ),
+        )
+    })?;
     crate::audit::insert_event(
         db,
         actor,

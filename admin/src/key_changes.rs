@@ -15,6 +15,7 @@ use crate::entity::api_key;
 use crate::error::{AdminError, Result};
 use crate::keys::{find_key_in_scope, CreatedKey, KEY_PREFIX};
 use crate::Scope;
+use crate::Text;
 
 /// Which keys a list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,7 +127,10 @@ pub async fn rotate_key(
     if grace < Duration::zero() || grace > MAX_GRACE {
         return Err(AdminError::invalid(
             "grace",
-            "the grace period is between 0 and 30 days",
+            Text::new(
+                "the grace period is between 0 and 30 days",
+                "宽限期必须在 0 到 30 天之间",
+            ),
         ));
     }
     let txn = crate::db::begin_write(db).await?;
@@ -134,7 +138,7 @@ pub async fn rotate_key(
     if key.revoked_at.is_some() {
         return Err(AdminError::invalid(
             "key",
-            "a revoked key cannot be rotated",
+            Text::new("a revoked key cannot be rotated", "已吊销的密钥不能轮换"),
         ));
     }
     let now = Utc::now();
@@ -199,7 +203,10 @@ pub async fn update_key(
     let txn = crate::db::begin_write(db).await?;
     let key = find_key_in_scope(&txn, scope, public_id).await?;
     if key.revoked_at.is_some() {
-        return Err(AdminError::invalid("key", "a revoked key cannot be edited"));
+        return Err(AdminError::invalid(
+            "key",
+            Text::new("a revoked key cannot be edited", "已吊销的密钥不能编辑"),
+        ));
     }
     let before = serde_json::json!({
         "name": key.name, "models": crate::keys::allowed_models(&key), "expires_at": key.expires_at,

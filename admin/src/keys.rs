@@ -15,6 +15,7 @@ use crate::audit::{self, Actor, Event};
 use crate::entity::api_key;
 use crate::error::{AdminError, Result};
 use crate::Scope;
+use crate::Text;
 
 pub const KEY_PREFIX: &str = "sk-aiaas-";
 const PUBLIC_ID_LEN: usize = 12;
@@ -102,7 +103,10 @@ pub(crate) fn validate(new: &NewKey) -> Result<()> {
         if name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(AdminError::invalid(
                 "name",
-                "a key name has at most 100 printable characters",
+                Text::new(
+                    "a key name has at most 100 printable characters",
+                    "密钥名称最多 100 个可打印字符",
+                ),
             ));
         }
     }
@@ -110,14 +114,17 @@ pub(crate) fn validate(new: &NewKey) -> Result<()> {
         if models.is_empty() || models.iter().any(|m| m.trim().is_empty()) {
             return Err(AdminError::invalid(
                 "models",
-                "the model list must name at least one model",
+                Text::new(
+                    "the model list must name at least one model",
+                    "模型列表至少要包含一个模型",
+                ),
             ));
         }
     }
     if matches!(new.expires_at, Some(at) if at <= Utc::now()) {
         return Err(AdminError::invalid(
             "expires_at",
-            "the expiry must be in the future",
+            Text::new("the expiry must be in the future", "过期时间必须晚于现在"),
         ));
     }
     new.limits.validate()

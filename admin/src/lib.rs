@@ -23,7 +23,7 @@ pub mod tenants;
 pub mod usage;
 pub mod users;
 
-pub use error::{AdminError, Result};
+pub use error::{AdminError, Result, Text};
 
 /// Which objects an actor may touch: the whole platform (operators, the CLI) or one tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,13 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: i64 = number.parse().map_err(|_| {
-        AdminError::invalid("duration", format!("`{text}` is not a duration like 30d"))
+        AdminError::invalid(
+            "duration",
+            Text::new(
+                format!("`{text}` is not a duration like 30d"),
+                format!("`{text}` 不是有效的时长（例如 30d）"),
+            ),
+        )
     })?;
     let seconds = match unit {
         "s" => 1,
@@ -60,14 +66,25 @@ pub fn parse_duration(text: &str) -> Result<chrono::Duration> {
         _ => {
             return Err(AdminError::invalid(
                 "duration",
-                format!("`{text}`: use a number followed by s, m, h, d or w"),
+                Text::new(
+                    format!("`{text}`: use a number followed by s, m, h, d or w"),
+                    format!("`{text}`：请填写数字加单位 s、m、h、d 或 w"),
+                ),
             ))
         }
     };
     n.checked_mul(seconds)
         .filter(|s| *s > 0 && *s <= 10 * 366 * 86_400)
         .map(chrono::Duration::seconds)
-        .ok_or_else(|| AdminError::invalid("duration", format!("`{text}` is out of range")))
+        .ok_or_else(|| {
+            AdminError::invalid(
+                "duration",
+                Text::new(
+                    format!("`{text}` is out of range"),
+                    format!("`{text}` 超出范围"),
+                ),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::audit::{self, Actor, Event};
 use crate::entity::{api_key, tenant};
 use crate::error::{AdminError, Result};
 use crate::Scope;
+use crate::Text;
 
 /// Limits of one key or tenant; `None` is "no limit". The stricter of key and tenant wins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -65,20 +66,29 @@ impl Limits {
             if matches!(value, Some(v) if !(1..=1_000_000_000_000).contains(&v)) {
                 return Err(AdminError::invalid(
                     param,
-                    format!("`{param}` must be a positive integer"),
+                    Text::new(
+                        format!("`{param}` must be a positive integer"),
+                        format!("`{param}` 必须是正整数"),
+                    ),
                 ));
             }
         }
         if self.rpm_burst.is_some() && self.rpm.is_none() {
             return Err(AdminError::invalid(
                 "rpm_burst",
-                "a requests burst needs a requests-per-minute limit",
+                Text::new(
+                    "a requests burst needs a requests-per-minute limit",
+                    "设置请求突发量前需要先设置每分钟请求数上限",
+                ),
             ));
         }
         if self.tpm_burst.is_some() && self.tpm.is_none() {
             return Err(AdminError::invalid(
                 "tpm_burst",
-                "a tokens burst needs a tokens-per-minute limit",
+                Text::new(
+                    "a tokens burst needs a tokens-per-minute limit",
+                    "设置 Token 突发量前需要先设置每分钟 Token 数上限",
+                ),
             ));
         }
         Ok(())

@@ -8,6 +8,7 @@ use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, QueryOrder, Set, T
 use crate::audit::{self, Actor, Event};
 use crate::entity::model_price;
 use crate::error::{AdminError, Result};
+use crate::Text;
 
 /// Parse a money amount written by a person (`0.15`, `2`, `1.234567`) into micro-units.
 pub fn parse_micros(text: &str) -> Result<i64> {
@@ -15,7 +16,10 @@ pub fn parse_micros(text: &str) -> Result<i64> {
     let bad = || {
         AdminError::invalid(
             "amount",
-            format!("`{text}` is not an amount: use digits with at most 6 decimals, like 0.15"),
+            Text::new(
+                format!("`{text}` is not an amount: use digits with at most 6 decimals, like 0.15"),
+                format!("`{text}` 不是有效金额：请填写最多 6 位小数的数字，例如 0.15"),
+            ),
         )
     };
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
@@ -64,16 +68,25 @@ pub async fn insert_price(
     let now = Utc::now();
     let from = from.unwrap_or(now);
     if model.trim().is_empty() {
-        return Err(AdminError::invalid("model", "name the model"));
+        return Err(AdminError::invalid(
+            "model",
+            Text::new("name the model", "请填写模型名称"),
+        ));
     }
     if input_micros_per_mtok < 0 || output_micros_per_mtok < 0 {
-        return Err(AdminError::invalid("price", "a price cannot be negative"));
+        return Err(AdminError::invalid(
+            "price",
+            Text::new("a price cannot be negative", "价格不能为负数"),
+        ));
     }
     // A minute of slack for the clock of whoever typed the date.
     if from < now - chrono::Duration::minutes(1) {
         return Err(AdminError::invalid(
             "from",
-            "a price cannot start in the past: recorded usage keeps the price it was billed at",
+            Text::new(
+                "a price cannot start in the past: recorded usage keeps the price it was billed at",
+                "价格不能从过去开始生效：已记录的用量保持计费时的价格",
+            ),
         ));
     }
     let txn = crate::db::begin_write(db).await?;

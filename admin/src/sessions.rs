@@ -19,6 +19,7 @@ use crate::entity::{console_session, user};
 use crate::error::{AdminError, Result};
 use crate::keys::{hash_secret, hex};
 use crate::users::{hash_password, verify_password};
+use crate::Text;
 
 /// Wrong passwords in a row before the account is locked.
 pub const LOCK_AFTER: i32 = 5;
@@ -231,14 +232,17 @@ pub async fn change_password(
     if !verify_password(current, &found.password_hash) {
         return Err(AdminError::invalid(
             "current_password",
-            "the current password is not right",
+            Text::new("the current password is not right", "当前密码不正确"),
         ));
     }
     crate::users::check_password_strength(new)?;
     if new.expose_secret() == current.expose_secret() {
         return Err(AdminError::invalid(
             "new_password",
-            "the new password must differ from the current one",
+            Text::new(
+                "the new password must differ from the current one",
+                "新密码不能与当前密码相同",
+            ),
         ));
     }
     let hash = hash_password(new)?;

@@ -8,6 +8,7 @@ use sea_orm::{
 use crate::audit::{self, Actor, Event};
 use crate::entity::tenant;
 use crate::error::{AdminError, Result};
+use crate::Text;
 
 /// Tenant names are what operators type: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -22,7 +23,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     } else {
         Err(AdminError::invalid(
             "name",
-            format!("`{name}` is not a valid tenant name: use 1-64 of a-z, 0-9, '-', '_', '.'"),
+            Text::new(
+                format!("`{name}` is not a valid tenant name: use 1-64 of a-z, 0-9, '-', '_', '.'"),
+                format!("`{name}` 不是有效的租户名称：请使用 1–64 个 a-z、0-9、'-'、'_'、'.' 字符"),
+            ),
         ))
     }
 }
@@ -35,8 +39,9 @@ pub async fn insert_tenant(
     validate_name(name)?;
     let txn = crate::db::begin_write(db).await?;
     if find_tenant_by_name(&txn, name).await?.is_some() {
-        return Err(AdminError::Conflict(format!(
-            "tenant `{name}` already exists"
+        return Err(AdminError::Conflict(Text::new(
+            format!("tenant `{name}` already exists"),
+            format!("租户 `{name}` 已存在"),
         )));
     }
     let created = tenant::ActiveModel {

@@ -10,6 +10,7 @@ use crate::entity::{api_key, tenant, usage_rollup};
 use crate::error::{AdminError, Result};
 use crate::ledger::rollups::{Group, ROLLUPS};
 use crate::prices::format_micros;
+use crate::Text;
 
 /// What a row of an export is grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,14 +36,15 @@ impl GroupBy {
                 "model" => GroupBy::Model,
                 "user" => GroupBy::User,
                 "endpoint" => GroupBy::Endpoint,
-                other => {
-                    return Err(AdminError::invalid(
-                        "group_by",
+                other => return Err(AdminError::invalid(
+                    "group_by",
+                    Text::new(
                         format!(
                             "`{other}`: group by hour, day, tenant, key, model, user or endpoint"
                         ),
-                    ))
-                }
+                        format!("`{other}`：可按小时、天、租户、密钥、模型、用户或端点分组"),
+                    ),
+                )),
             };
             if !out.contains(&group) {
                 out.push(group);
@@ -51,7 +53,10 @@ impl GroupBy {
         if out.contains(&GroupBy::Hour) && out.contains(&GroupBy::Day) {
             return Err(AdminError::invalid(
                 "group_by",
-                "group by hour or by day, not both",
+                Text::new(
+                    "group by hour or by day, not both",
+                    "只能按小时或按天分组，不能同时选择",
+                ),
             ));
         }
         Ok(out)
@@ -82,7 +87,10 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
         .map_err(|_| {
             AdminError::invalid(
                 "time",
-                format!("`{text}`: use a date (2026-11-01) or an RFC 3339 time"),
+                Text::new(
+                    format!("`{text}`: use a date (2026-11-01) or an RFC 3339 time"),
+                    format!("`{text}`：请填写日期（2026-11-01）或 RFC 3339 时间"),
+                ),
             )
         })
 }
@@ -139,9 +147,15 @@ pub async fn export(db: &impl ConnectionTrait, query: &ExportQuery) -> Result<Ve
         return Err(AdminError::invalid(
             "time",
             if hourly {
-                "`from` and `to` must be whole hours, `from` before `to`"
+                Text::new(
+                    "`from` and `to` must be whole hours, `from` before `to`",
+                    "`from` 和 `to` 必须是整点，且 `from` 早于 `to`",
+                )
             } else {
-                "`from` and `to` must be whole days (UTC), `from` before `to`"
+                Text::new(
+                    "`from` and `to` must be whole days (UTC), `from` before `to`",
+                    "`from` 和 `to` 必须是整天（UTC），且 `from` 早于 `to`",
+                )
             },
         ));
     }
@@ -337,7 +351,10 @@ pub async fn reconcile(
     if from.timestamp() % 86_400 != 0 || to.timestamp() % 86_400 != 0 || to <= from {
         return Err(AdminError::invalid(
             "time",
-            "`from` and `to` must be whole days (UTC), `from` before `to`",
+            Text::new(
+                "`from` and `to` must be whole days (UTC), `from` before `to`",
+                "`from` 和 `to` 必须是整天（UTC），且 `from` 早于 `to`",
+            ),
         ));
     }
     let events = usage_event::Entity::find()
@@ -551,7 +568,15 @@ pub async fn statement(
     month: &str,
     currency: &str,
 ) -> Result<Statement> {
-    let bad = || AdminError::invalid("month", format!("`{month}`: write the month as 2026-11"));
+    let bad = || {
+        AdminError::invalid(
+            "month",
+            Text::new(
+                format!("`{month}`: write the month as 2026-11"),
+                format!("`{month}`：月份请写成 2026-11 的形式"),
+            ),
+        )
+    };
     let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
     let next = first
         .checked_add_months(chrono::Months::new(1))

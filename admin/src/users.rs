@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::audit::{self, Actor, Event};
 use crate::entity::user;
 use crate::error::{AdminError, Result};
+use crate::Text;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -38,7 +39,10 @@ impl Role {
             "finance" => Ok(Role::Finance),
             other => Err(AdminError::invalid(
                 "role",
-                format!("unknown role `{other}`: use operator, tenant_admin or finance"),
+                Text::new(
+                    format!("unknown role `{other}`: use operator, tenant_admin or finance"),
+                    format!("未知角色 `{other}`：请使用 operator、tenant_admin 或 finance"),
+                ),
             )),
         }
     }
@@ -59,13 +63,19 @@ pub fn check_password_strength(password: &SecretString) -> Result<()> {
     if chars < MIN_PASSWORD {
         return Err(AdminError::invalid(
             "password",
-            format!("the password must have at least {MIN_PASSWORD} characters"),
+            Text::new(
+                format!("the password must have at least {MIN_PASSWORD} characters"),
+                format!("密码至少需要 {MIN_PASSWORD} 个字符"),
+            ),
         ));
     }
     if chars > 1024 {
         return Err(AdminError::invalid(
             "password",
-            "the password may have at most 1024 characters",
+            Text::new(
+                "the password may have at most 1024 characters",
+                "密码最多 1024 个字符",
+            ),
         ));
     }
     Ok(())
@@ -74,12 +84,27 @@ pub fn check_password_strength(password: &SecretString) -> Result<()> {
 pub fn hash_password(password: &SecretString) -> Result<String> {
     let mut bytes = [0u8; 16];
     rand::Rng::fill(&mut rand::rng(), &mut bytes);
-    let salt = SaltString::encode_b64(&bytes)
-        .map_err(|e| AdminError::invalid("password", format!("cannot salt the password: {e}")))?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| {
+        AdminError::invalid(
+            "password",
+            Text::new(
+                format!("cannot salt the password: {e}"),
+                format!("无法为密码生成盐值：{e}"),
+            ),
+        )
+    })?;
     Argon2::default()
         .hash_password(password.expose_secret().as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| AdminError::invalid("password", format!("cannot hash the password: {e}")))
+        .map_err(|e| {
+            AdminError::invalid(
+                "password",
+                Text::new(
+                    format!("cannot hash the password: {e}"),
+                    format!("无法计算密码哈希：{e}"),
+                ),
+            )
+        })
 }
 
 /// Constant-time check of a password against a stored Argon2id PHC string.
@@ -102,20 +127,29 @@ pub async fn insert_user(
     if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
         return Err(AdminError::invalid(
             "email",
-            format!("`{email}` is not an e-mail address"),
+            Text::new(
+                format!("`{email}` is not an e-mail address"),
+                format!("`{email}` 不是有效的电子邮件地址"),
+            ),
         ));
     }
     match (new.role, new.tenant_id) {
         (Role::Operator, Some(_)) => {
             return Err(AdminError::invalid(
                 "tenant",
-                "an operator belongs to no tenant",
+                Text::new(
+                    "an operator belongs to no tenant",
+                    "运营管理员不属于任何租户",
+                ),
             ))
         }
         (Role::TenantAdmin | Role::Finance, None) => {
             return Err(AdminError::invalid(
                 "tenant",
-                format!("a {} user needs a tenant", new.role.as_str()),
+                Text::new(
+                    format!("a {} user needs a tenant", new.role.as_str()),
+                    format!("{} 用户必须属于一个租户", new.role.as_str()),
+                ),
             ))
         }
         _ => {}
@@ -124,8 +158,9 @@ pub async fn insert_user(
     let hash = hash_password(&new.password)?;
     let txn = crate::db::begin_write(db).await?;
     if find_user_by_email(&txn, &email).await?.is_some() {
-        return Err(AdminError::Conflict(format!(
-            "a user with e-mail `{email}` already exists"
+        return Err(AdminError::Conflict(Text::new(
+            format!("a user with e-mail `{email}` already exists"),
+            format!("电子邮件为 `{email}` 的用户已存在"),
         )));
     }
     let created = user::ActiveModel {
@@ -218,7 +253,10 @@ pub async fn set_user_disabled(
         })
         .ok_or(AdminError::NotFound("user"))?;
     if actor.user_id == Some(user_id) && disabled {
-        return Err(AdminError::invalid("user", "you cannot disable yourself"));
+        return Err(AdminError::invalid(
+            "user",
+            Text::new("you cannot disable yourself", "不能停用您自己的账户"),
+        ));
     }
     let tenant_id = found.tenant_id;
     let mut row = found.into_active_model();

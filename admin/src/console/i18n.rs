@@ -1,7 +1,8 @@
 //! The console's two languages (English, Simplified Chinese): every visible string in one table
 //! checked by the compiler (a string missing in one language does not build), the choice from a
 //! cookie or `Accept-Language`, and numbers, money and times formatted for the viewer's locale
-//! and time zone.
+//! and time zone. Why the services refused some input is written in both languages where the
+//! refusal is made (`crate::Text`), since the values it quotes are only known there.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -265,6 +266,7 @@ strings! {
     error_title: "Something went wrong", "出现错误";
     error_text: "The console could not complete this request. Try again in a moment.", "控制台无法完成此请求。请稍后重试。";
     invalid_input: "Please check the form", "请检查表单";
+    colon: ": ", "：";
     home: "Dashboard", "返回概览";
     statement_title: "Usage statement", "用量账单";
     period_label: "Period", "期间";

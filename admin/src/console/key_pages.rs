@@ -15,6 +15,7 @@ use crate::entity::api_key;
 use crate::key_changes::{self, KeyEdit, KeyStatus};
 use crate::limits::{Limits, LimitsChange};
 use crate::users::Role;
+use crate::Text;
 use crate::{budgets, jwt_keys, keys};
 
 const ADMINS: &[Role] = &[Role::TenantAdmin, Role::Operator];
@@ -247,7 +248,13 @@ pub(super) fn optional_number(
         .filter(|n| *n > 0)
         .map(Some)
         .ok_or_else(|| {
-            crate::AdminError::invalid(field, format!("`{text}` is not a positive whole number"))
+            crate::AdminError::invalid(
+                field,
+                Text::new(
+                    format!("`{text}` is not a positive whole number"),
+                    format!("`{text}` 不是正整数"),
+                ),
+            )
         })
 }
 
@@ -268,8 +275,15 @@ fn expiry(viewer: &Viewer, text: &str) -> Result<Option<chrono::DateTime<Utc>>, 
     if text.is_empty() {
         return Ok(None);
     }
-    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| crate::AdminError::invalid("expires", format!("`{text}` is not a date")))?;
+    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        crate::AdminError::invalid(
+            "expires",
+            Text::new(
+                format!("`{text}` is not a date"),
+                format!("`{text}` 不是有效日期"),
+            ),
+        )
+    })?;
     let next = (day + Duration::days(1))
         .and_hms_opt(0, 0, 0)
         .unwrap_or_default();

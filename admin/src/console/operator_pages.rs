@@ -14,6 +14,7 @@ use crate::entity::api_key;
 use crate::limits::{Limits, LimitsChange};
 use crate::users::{self, Role};
 use crate::Scope;
+use crate::Text;
 
 const ADMINS: &[Role] = &[Role::TenantAdmin, Role::Operator];
 
@@ -261,7 +262,13 @@ async fn set_price(
             "" => None,
             day => {
                 let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
-                    crate::AdminError::invalid("from", format!("`{day}` is not a date"))
+                    crate::AdminError::invalid(
+                        "from",
+                        Text::new(
+                            format!("`{day}` is not a date"),
+                            format!("`{day}` 不是有效日期"),
+                        ),
+                    )
                 })?;
                 let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
                 viewer
@@ -427,8 +434,9 @@ async fn create_user(
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<i64>()
-                    .map_err(|_| crate::AdminError::invalid("tenant", "choose a tenant"))
+                s.parse::<i64>().map_err(|_| {
+                    crate::AdminError::invalid("tenant", Text::new("choose a tenant", "请选择租户"))
+                })
             })
             .transpose()?;
         let tenant_id = match (viewer.scope(), role) {

@@ -232,9 +232,17 @@ impl Viewer {
     pub fn fail(&self, err: AdminError, back: &str) -> Result<HttpResponse, ConsoleError> {
         match err {
             AdminError::Invalid { message, .. } | AdminError::Conflict(message) => {
+                let message = match self.lang {
+                    Lang::En => message.en,
+                    Lang::Zh => message.zh,
+                };
                 Ok(redirect_with(
                     back,
-                    Flash::error(format!("{}: {message}", self.t().invalid_input)),
+                    Flash::error(format!(
+                        "{}{}{message}",
+                        self.t().invalid_input,
+                        self.t().colon
+                    )),
                 ))
             }
             AdminError::NotFound(_) => Err(self.not_found()),

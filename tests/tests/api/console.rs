@@ -907,6 +907,36 @@ async fn the_language_follows_accept_language_and_the_switch() {
     assert_eq!(res.status, 303);
     let page = zh.get("/admin/keys").await;
     assert!(page.body.contains("API 密钥") && page.body.contains("创建密钥"));
+    // A refused form says why in the viewer's language, values included.
+    let csrf = zh.csrf().await;
+    let wrong = [
+        ("csrf", csrf.as_str()),
+        ("current_password", "not the password"),
+        ("new_password", "a brand new passphrase"),
+    ];
+    let res = zh.post("/admin/account/password", &wrong).await;
+    assert_eq!(res.status, 303);
+    let account = zh.get(res.location()).await;
+    assert!(
+        account.body.contains("请检查表单：当前密码不正确"),
+        "{}",
+        account.body
+    );
+    let bad_key = [
+        ("csrf", csrf.as_str()),
+        ("name", "k"),
+        ("models", ""),
+        ("expires", "next tuesday"),
+    ];
+    let res = zh.post("/admin/keys", &bad_key).await;
+    assert_eq!(res.status, 303);
+    let form = zh.get(res.location()).await;
+    assert!(
+        form.body
+            .contains("请检查表单：`next tuesday` 不是有效日期"),
+        "{}",
+        form.body
+    );
     // The printable statement speaks the viewer's language too.
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     let statement = format!("/admin/statements/{month}/print");
@@ -924,6 +954,15 @@ async fn the_language_follows_accept_language_and_the_switch() {
     assert_eq!(switch.location(), "/admin/keys");
     let page = zh.get("/admin/keys").await;
     assert!(page.body.contains("lang=\"en\"") && page.body.contains("Create key"));
+    let res = zh.post("/admin/account/password", &wrong).await;
+    let account = zh.get(res.location()).await;
+    assert!(
+        account
+            .body
+            .contains("Please check the form: the current password is not right"),
+        "{}",
+        account.body
+    );
     let printed = zh.get(&statement).await;
     assert!(
         printed.body.contains("<html lang=en>")
