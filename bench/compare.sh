@@ -4,6 +4,8 @@
 #   aiaas-bare   the same binary with auth, limits and ledger off (the layer's own cost)
 #   mistralrs-server   mistral.rs's own server (`mistralrs-cli` 0.8.1 from crates.io)
 #   llama.cpp    llama.cpp through PyPI's `llama-cpp-python[server]` (AVX2 build)
+#   aiaas-pool-off   (only when named in SERVERS) aiaas-bare with AIAAS_ENGINE_POOL=off: the engine
+#                thread outside any rayon pool, as upstream mistral.rs has it (vendor/mistralrs-core)
 # All four servers run at once (idle ones sleep); each repetition runs every server through every
 # concurrency level in turn, so slow drift of the machine spreads over all of them. A STREAM-like
 # bandwidth probe runs before and after. Results: $OUT/table.md, $OUT/chart.svg, $OUT/raw.jsonl.
@@ -85,6 +87,10 @@ fi
 if has aiaas-bare; then
   start_aiaas aiaas-bare 18182 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false
 fi
+if has aiaas-pool-off; then
+  start_aiaas aiaas-pool-off 18185 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false \
+    AIAAS_ENGINE_POOL=off
+fi
 if has mistralrs-server; then
   [ -x "$PEERS/bin/mistralrs" ] || { echo "no $PEERS/bin/mistralrs: run bench/install-peers.sh" >&2; exit 1; }
   # aiaas's engine settings: CPU, 16 running sequences, no prefix cache.
@@ -142,5 +148,6 @@ done
   echo "temperature 0, concurrency $CONCURRENCY, max(concurrency, $MIN_REQUESTS) requests per level, $REPS repetitions."
   echo
   AIAAS_REPORT_CAPTION="$(date -u +%Y-%m-%d), $(nproc) cores, $(basename "$MODEL"), ${PROMPT_WORDS}-word prompts, $MAX_TOKENS output tokens, medians of $REPS" \
-    "$BIN/aiaas-report" "$RAW" --svg "$OUT/chart.svg" --threads "$THREADS"
+    "$BIN/aiaas-report" "$RAW" --svg "$OUT/chart.svg" --threads "$THREADS" \
+    --peers "mistralrs-server,llama.cpp$(has aiaas-pool-off && echo ,aiaas-pool-off)"
 } | tee "$OUT/table.md"

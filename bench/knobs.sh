@@ -3,8 +3,9 @@
 # variant at a time, at concurrency 1 and 8, same prompts as bench/compare.sh.
 #   - the GGUF quantisation of the same weights (Q4_1 as shipped; Q4_0 and Q8_0 re-quantised
 #     from it with bench/requant.py);
-#   - engine threads (RAYON_NUM_THREADS: mistral.rs and candle run on rayon's global pool;
+#   - engine threads (RAYON_NUM_THREADS sizes rayon's pools, the engine's own included;
 #     rayon does not pin its threads, and neither library offers a setting that would);
+#   - the engine thread in a rayon pool of its own (vendor/mistralrs-core) or as upstream has it;
 #   - the continuous-batching width (engine.max_running_sequences).
 #
 #   bench/knobs.sh      # writes $OUT/knobs.md (default bench/results)
@@ -55,6 +56,7 @@ variant() { # label model [env...]
 }
 
 variant "Q4_1, 2 threads (default)" "$MODEL"
+variant "Q4_1, upstream engine threading (AIAAS_ENGINE_POOL=off)" "$MODEL" AIAAS_ENGINE_POOL=off
 variant "Q4_1, 1 thread" "$MODEL" RAYON_NUM_THREADS=1
 variant "Q4_1, max_running_sequences 4" "$MODEL" AIAAS__ENGINE__MAX_RUNNING_SEQUENCES=4
 variant "Q4_0 (re-quantised)" "$WORK/model.Q4_0.gguf"

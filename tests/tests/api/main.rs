@@ -595,6 +595,32 @@ async fn eight_concurrent_streams_all_complete_with_correct_usage() {
     }
 }
 
+/// The vendored mistral.rs patch is in effect: every engine thread works inside a rayon pool of
+/// its own, whose helper threads are named `mistralrs-engine-N` (see
+/// vendor/mistralrs-core/AIAAS-PATCH.md), and the engine answers from there.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn engines_step_inside_a_rayon_pool_of_their_own() {
+    let app = spawn_app();
+    let (status, body) = app
+        .post_json(
+            "/v1/chat/completions",
+            &chat(CHAT, json!({"max_tokens": 2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    // Linux keeps the first 15 bytes of a thread's name.
+    assert!(
+        names.iter().any(|name| name == "mistralrs-engin"),
+        "no engine pool thread among {names:?}"
+    );
+}
+
 #[tokio::test]
 async fn dropping_a_stream_cancels_its_generation() {
     let app = spawn_app();

@@ -597,26 +597,34 @@ impl MistralRs {
             #[cfg(not(feature = "metal"))]
             {
                 let rt = Runtime::new().unwrap();
-                rt.block_on(async move {
-                    let engine = Engine::new(
-                        tx_for_engine,
-                        rx,
-                        pipeline,
-                        method,
-                        config.no_kv_cache,
-                        config.no_prefix_cache,
-                        config.prefix_cache_n,
-                        config.disable_eos_stop,
-                        config.throughput_logging_enabled,
-                        config.search_embedding_model,
-                        config.search_callback.clone(),
-                        config.tool_callbacks.clone(),
-                        config.tool_callbacks_with_tools.clone(),
-                        logger_for_engine,
-                    )
-                    .expect("Engine creation failed.");
-                    Arc::new(engine).run().await;
-                })
+                // aiaas patch: the engine steps on this thread; see `engine_thread_pool`.
+                let pool = engine_thread_pool();
+                let run = move || {
+                    rt.block_on(async move {
+                        let engine = Engine::new(
+                            tx_for_engine,
+                            rx,
+                            pipeline,
+                            method,
+                            config.no_kv_cache,
+                            config.no_prefix_cache,
+                            config.prefix_cache_n,
+                            config.disable_eos_stop,
+                            config.throughput_logging_enabled,
+                            config.search_embedding_model,
+                            config.search_callback.clone(),
+                            config.tool_callbacks.clone(),
+                            config.tool_callbacks_with_tools.clone(),
+                            logger_for_engine,
+                        )
+                        .expect("Engine creation failed.");
+                        Arc::new(engine).run().await;
+                    })
+                };
+                match pool {
+                    Some(pool) => pool.install(run),
+                    None => run(),
+                }
             }
         });
 
@@ -1783,5 +1791,32 @@ impl MistralRs {
         }
 
         Ok(result)
+    }
+}
+
+/// aiaas patch: a rayon pool whose worker 0 is the calling thread (the engine thread), so the
+/// model's many small parallel operations (candle's norms, softmax, RoPE, quantized matmuls,
+/// the CPU attention) fork and join from inside a pool instead of handing each one to the
+/// global pool from outside it and sleeping until it is done (two thread wake-ups per
+/// operation, hundreds per token). At least two threads: jobs the engine spawns into the pool
+/// while it awaits (sampling several sequences) need a second worker to run them.
+/// `AIAAS_ENGINE_POOL=off` keeps upstream's arrangement, to measure one against the other.
+#[cfg(not(feature = "metal"))]
+fn engine_thread_pool() -> Option<rayon::ThreadPool> {
+    if std::env::var("AIAAS_ENGINE_POOL").is_ok_and(|v| v == "off") {
+        return None;
+    }
+    let threads = candle_core::utils::get_num_threads().max(2);
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("mistralrs-engine-{i}"))
+        .use_current_thread()
+        .build()
+    {
+        Ok(pool) => Some(pool),
+        Err(e) => {
+            warn!("engine thread pool not built ({e}); using the global rayon pool");
+            None
+        }
     }
 }

@@ -65,6 +65,18 @@ static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
         .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
 });
 
+/// aiaas patch: run `op` in the rayon pool the calling thread already works in (the engine
+/// thread is a worker of its own pool, see `lib.rs`), and only enter `FLASH_ATTN_POOL` from
+/// threads outside any pool. Handing every attention call from one pool to another costs two
+/// thread wake-ups per layer and token, and two pools spinning on two cores starve each other.
+fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        op()
+    } else {
+        FLASH_ATTN_POOL.install(op)
+    }
+}
+
 const DOT_CHUNK: usize = 4;
 
 /// Size (in KV positions) processed by each inner‑tile job.
@@ -431,7 +443,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attention_pool(|| {
         (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
             let start = tile_idx * TILE_KV;
             let end = (start + TILE_KV).min(kv_len);
@@ -615,7 +627,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_attention_pool(|| {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
