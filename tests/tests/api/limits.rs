@@ -484,7 +484,10 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
             .collect(),
         &TestDb::Sqlite.fresh_url(),
     );
-    config.engine.max_queued_requests = 8;
+    // Eight places to run and room for nine requests in the engine: while eight choices run,
+    // a ninth waits for a place, a tenth is refused.
+    config.engine.max_running_sequences = 8;
+    config.engine.max_queued_requests = 9;
     let (app, _server) = spawn_custom(config).await;
     let db = app.db().await;
     let (tenant_id, key) = tenant_key(&db, Limits::default(), Limits::default()).await;
@@ -525,22 +528,20 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    // Eight greedy choices of 480 tokens each fill the model's 8 places for a while: one more
-    // request is refused at once.
+    // Eight greedy choices of 480 tokens each fill the model's 8 places for a while: a request
+    // of two more choices does not fit in the engine and is refused at once.
     let running = app.post("/v1/chat/completions", &long_stream()).await;
     assert_eq!(running.status(), 200);
-    let full = app.post("/v1/chat/completions", &short).await;
+    let mut two = short.clone();
+    two["n"] = json!(2);
+    let full = app.post("/v1/chat/completions", &two).await;
     assert_eq!(full.status(), 503);
     assert!(header(&full, "retry-after").is_some());
     let body: Value = full.json().await.unwrap();
     assert_eq!(body["error"]["code"], "server_overloaded");
-    let events = parse_sse(&running.text().await.unwrap());
-    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    let streamed = usage["usage"]["total_tokens"].as_i64().unwrap();
-    assert_eq!(usage["usage"]["completion_tokens"], 8 * 480);
 
-    // A request that has not started producing by its deadline (0.2 ms: before any engine step
-    // can answer) is cancelled with 504.
+    // One more fits, but waits for a place; with a deadline of 0.2 ms it has not started by
+    // then and is cancelled with 504.
     let late = app
         .request(reqwest::Method::POST, "/v1/chat/completions")
         .header("x-aiaas-queue-timeout-ms", "0.2")
@@ -551,6 +552,11 @@ async fn a_full_engine_queue_answers_503_and_a_queue_deadline_504_and_neither_is
     assert_eq!(late.status(), 504);
     let body: Value = late.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_timeout");
+
+    let events = parse_sse(&running.text().await.unwrap());
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let streamed = usage["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 8 * 480);
 
     // The budget was charged for the probe and the stream, to the token, and for nothing else.
     let budget = loop {
