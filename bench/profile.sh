@@ -3,8 +3,10 @@
 # limits and ledger off while it streams CONCURRENCY long completions, then the hottest symbols.
 #
 #   bench/profile.sh                  # one stream; CONCURRENCY=8 bench/profile.sh for a batch
+#   MAX_TOKENS=1 REQUESTS=60 bench/profile.sh   # prompts only (prefill: ~133-token prompts)
 #
-# Writes $OUT/profile-c$CONCURRENCY.txt (perf report, flat, by symbol) and keeps perf.data there.
+# Writes $OUT/profile-c$CONCURRENCY.txt (perf report, flat, by symbol) and keeps perf.data there
+# (with MAX_TOKENS=1: profile-prefill.txt, perf-prefill.data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
@@ -12,6 +14,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 MODEL=${MODEL:-$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 CONCURRENCY=${CONCURRENCY:-1}
 SECONDS_RECORDED=${SECONDS_RECORDED:-15}
+MAX_TOKENS=${MAX_TOKENS:-1024}
+REQUESTS=${REQUESTS:-$CONCURRENCY}
+NAME=c$CONCURRENCY
+[ "$MAX_TOKENS" = 1 ] && NAME=prefill
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf not found: apt-get install linux-perf" >&2; exit 1; }
@@ -26,12 +32,12 @@ AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false AIAAS__LEDGER__JOURNAL_D
   --database-url "sqlite://$WORK/aiaas.db" >/dev/null 2>"$WORK/log" &
 PID=$!
 for _ in $(seq 1 600); do curl -sf http://127.0.0.1:18195/ready >/dev/null 2>&1 && break; sleep 0.2; done
-# Long outputs, so that the recording sees decoding, not prefill.
+# Long outputs by default, so that the recording sees decoding, not prefill.
 "$BIN/aiaas-load" --url http://127.0.0.1:18195/v1 --model bench --concurrency "$CONCURRENCY" \
-  --requests "$CONCURRENCY" --max-tokens 1024 --prompt-words 86 --warmup 1 >/dev/null &
+  --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --prompt-words 86 --warmup 1 >/dev/null &
 LOAD=$!
 sleep 8
-perf record -F 499 -g -p "$PID" -o "$OUT/perf-c$CONCURRENCY.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+perf record -F 499 -g -p "$PID" -o "$OUT/perf-$NAME.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
 kill "$LOAD" 2>/dev/null || true
-perf report -i "$OUT/perf-c$CONCURRENCY.data" --no-children --sort symbol --stdio 2>/dev/null |
-  grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-c$CONCURRENCY.txt"
+perf report -i "$OUT/perf-$NAME.data" --no-children --sort symbol --stdio 2>/dev/null |
+  grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-$NAME.txt"

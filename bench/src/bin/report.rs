@@ -33,6 +33,9 @@ struct Args {
         value_delimiter = ','
     )]
     peers: Vec<String>,
+    /// The peer the single-stream target is measured against.
+    #[arg(long, default_value = "llama.cpp")]
+    target_peer: String,
     /// Thread count whose bandwidth is the ceiling (the servers' thread count).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -392,11 +395,11 @@ fn table(run: &Run, args: &Args) -> String {
 
     out.push_str("\nTargets:\n\n");
     let single = tps(&args.ours, 1);
-    if let (Some(ours), Some(llama)) = (single, args.peers.last().and_then(|p| tps(p, 1))) {
+    if let (Some(ours), Some(llama)) = (single, tps(&args.target_peer, 1)) {
         let _ = writeln!(
             out,
             "- single stream ≥ {}: {ours:.1} vs {llama:.1} tokens/s ({:.2}×): {}",
-            args.peers.last().map(String::as_str).unwrap_or("peer"),
+            args.target_peer,
             ours / llama,
             verdict(ours >= llama)
         );
@@ -642,6 +645,18 @@ mod tests {
         assert!(table.contains("0.50"), "{table}");
         assert!(table.contains("10.0%: **not met**"), "{table}");
         assert!(table.contains("peak 391 MiB: met"), "{table}");
+        // The single-stream target names llama.cpp whatever else is compared.
+        let more = Args::parse_from([
+            "aiaas-report",
+            "raw.jsonl",
+            "--peers",
+            "llama.cpp,aiaas-bare",
+        ]);
+        let wider = super::table(&run, &more);
+        assert!(
+            wider.contains("- single stream ≥ llama.cpp: 20.0 vs 40.0 tokens/s (0.50×)"),
+            "{wider}"
+        );
         assert!(
             table.contains("| aiaas | 130 / 128 (6 reqs, 3 reps) |"),
             "{table}"
