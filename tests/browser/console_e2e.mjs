@@ -151,6 +151,14 @@ try {
   assert.equal(await page.getAttribute("html", "lang"), "zh-Hans");
   await page.goto(`${base}/admin/dashboard?range=7d`);
   await shot("15-dashboard-zh");
+  // A refused form says why in Chinese too.
+  await page.goto(`${base}/admin/account`);
+  await page.fill("input[name=current_password]", "not the password at all");
+  await page.fill("input[name=new_password]", "a brand new passphrase");
+  await page.click("form[action='/admin/account/password'] button");
+  await page.waitForSelector(".flash.error");
+  assert.equal((await page.textContent(".flash.error")).trim(), "请检查表单：当前密码不正确");
+  await shot("16-form-error-zh");
   assert.deepEqual(errors, [], "no script errors or CSP violations");
   console.log("console e2e: ok");
 } finally {
