@@ -36,15 +36,13 @@ impl GroupBy {
                 "model" => GroupBy::Model,
                 "user" => GroupBy::User,
                 "endpoint" => GroupBy::Endpoint,
-                other => return Err(AdminError::invalid(
-                    "group_by",
-                    Text::new(
-                        format!(
-                            "`{other}`: group by hour, day, tenant, key, model, user or endpoint"
-                        ),
-                        format!("`{other}`：可按小时、天、租户、密钥、模型、用户或端点分组"),
-                    ),
-                )),
+                other => {
+                    let en = format!(
+                        "`{other}`: group by hour, day, tenant, key, model, user or endpoint"
+                    );
+                    let zh = format!("`{other}`：可按小时、天、租户、密钥、模型、用户或端点分组");
+                    return Err(AdminError::invalid("group_by", Text::new(en, zh)));
+                }
             };
             if !out.contains(&group) {
                 out.push(group);
