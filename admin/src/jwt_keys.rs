@@ -374,15 +374,7 @@ pub async fn mint_key_token(
         },
         &EncodingKey::from_secret(&secret),
     )
-    .map_err(|e| {
-        AdminError::invalid(
-            "token",
-            Text::new(
-                format!("cannot sign the token: {e}"),
-                format!("无法签发令牌：{e}"),
-            ),
-        )
-    })
+    .map_err(sign_failed)
 }
 
 /// Mint a short-lived operator token (at most 24 h): it reads any tenant's usage through the
@@ -426,15 +418,7 @@ pub async fn mint_operator_token(
         },
         &EncodingKey::from_secret(&secret),
     )
-    .map_err(|e| {
-        AdminError::invalid(
-            "token",
-            Text::new(
-                format!("cannot sign the token: {e}"),
-                format!("无法签发令牌：{e}"),
-            ),
-        )
-    })?;
+    .map_err(sign_failed)?;
     crate::audit::insert_event(
         db,
         actor,
@@ -448,4 +432,14 @@ pub async fn mint_operator_token(
     )
     .await?;
     Ok(token)
+}
+
+fn sign_failed(e: jsonwebtoken::errors::Error) -> AdminError {
+    AdminError::invalid(
+        "token",
+        Text::new(
+            format!("cannot sign the token: {e}"),
+            format!("无法签发令牌：{e}"),
+        ),
+    )
 }

@@ -259,6 +259,19 @@ pub(super) fn optional_number(
 }
 
 /// A comma-separated model list: empty is every model.
+/// A date typed in a form (`2026-11-29`); `field` names it in the refusal.
+pub(super) fn form_day(field: &'static str, text: &str) -> Result<NaiveDate, crate::AdminError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        crate::AdminError::invalid(
+            field,
+            Text::new(
+                format!("`{text}` is not a date"),
+                format!("`{text}` 不是有效日期"),
+            ),
+        )
+    })
+}
+
 fn model_list(text: &str) -> Option<Vec<String>> {
     let models: Vec<String> = text
         .split([',', '\n'])
@@ -275,15 +288,7 @@ fn expiry(viewer: &Viewer, text: &str) -> Result<Option<chrono::DateTime<Utc>>, 
     if text.is_empty() {
         return Ok(None);
     }
-    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
-        crate::AdminError::invalid(
-            "expires",
-            Text::new(
-                format!("`{text}` is not a date"),
-                format!("`{text}` 不是有效日期"),
-            ),
-        )
-    })?;
+    let day = form_day("expires", text)?;
     let next = (day + Duration::days(1))
         .and_hms_opt(0, 0, 0)
         .unwrap_or_default();

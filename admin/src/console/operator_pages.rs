@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use askama::Template;
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use secrecy::SecretString;
 
@@ -261,15 +261,7 @@ async fn set_price(
         let from = match form.from.trim() {
             "" => None,
             day => {
-                let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
-                    crate::AdminError::invalid(
-                        "from",
-                        Text::new(
-                            format!("`{day}` is not a date"),
-                            format!("`{day}` 不是有效日期"),
-                        ),
-                    )
-                })?;
+                let day = super::key_pages::form_day("from", day)?;
                 let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
                 viewer
                     .tz
