@@ -3,7 +3,8 @@ use candle_core::Device;
 use engine::Engine;
 pub use engine::{
     get_engine_terminate_flag, reset_engine_terminate_flag, should_terminate_engine_sequences,
-    EngineInstruction, IntervalLogger, SearchEmbeddingModel, ENGINE_INSTRUCTIONS,
+    EngineInstruction, EngineStats, IntervalLogger, KvCacheStats, SearchEmbeddingModel,
+    ENGINE_INSTRUCTIONS,
     TERMINATE_ALL_NEXT_STEP,
 };
 use hf_hub::Cache;
@@ -547,12 +548,22 @@ impl MistralRs {
         };
         let generation_defaults = pipeline_guard.generation_defaults();
         let encoder_cache_counters = pipeline_guard.encoder_cache_counters();
+        // aiaas patch: the paged-attention KV cache's size, for `engine_stats`.
+        let kv_cache_capacity = metadata
+            .cache_config
+            .as_ref()
+            .map(|c| (c.num_gpu_blocks, c.block_size));
+        let activation_dtype = metadata.activation_dtype;
         drop(pipeline_guard);
 
         let logger = Arc::new(IntervalLogger::new(
             Duration::from_secs(5),
             encoder_cache_counters,
         ));
+        if let Some((blocks, block_size)) = kv_cache_capacity {
+            logger.set_kv_cache_capacity(blocks, block_size);
+        }
+        logger.set_activation_dtype(activation_dtype);
         let logger_for_engine = logger.clone();
 
         info!("Pipeline input modalities are {:?}", &modalities.input);
@@ -1421,6 +1432,22 @@ impl MistralRs {
         } else {
             Err(format!("Model {resolved_model_id} not found"))
         }
+    }
+
+    /// aiaas patch: the queue and cache figures of one model's engine (running and waiting
+    /// sequences, prefix-cache hits, paged-attention KV-cache use).
+    pub fn engine_stats(&self, model_id: Option<&str>) -> Result<EngineStats, String> {
+        let resolved_model_id = self
+            .resolve_alias_or_default(model_id)
+            .map_err(|e| e.to_string())?;
+        let engines = self
+            .engines
+            .read()
+            .map_err(|_| "Failed to acquire read lock on engines")?;
+        engines
+            .get(&resolved_model_id)
+            .map(|engine_instance| engine_instance.logger.engine_stats())
+            .ok_or_else(|| format!("Model {resolved_model_id} not found"))
     }
 
     /// Get config for a specific model

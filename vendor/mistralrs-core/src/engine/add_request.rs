@@ -707,6 +707,8 @@ impl Engine {
                     offset,
                 }) => {
                     self.logger.add_prefix_cache_hit();
+                    // aiaas patch: count the prompt tokens the hit spares.
+                    self.logger.add_prefix_cache_hit_tokens(offset);
 
                     // Restore recurrent state for hybrid models
                     if let Some(snapshots) = recurrent_snapshots {

@@ -1,10 +1,11 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use candle_core::DType;
 use tracing::info;
 
 pub struct IntervalLogger {
@@ -16,6 +17,13 @@ pub struct IntervalLogger {
     num_waiting: Arc<AtomicUsize>,
     encoder_cache_hits: Option<Arc<AtomicUsize>>,
     encoder_cache_misses: Option<Arc<AtomicUsize>>,
+    // aiaas patch: cumulative figures read by `MistralRs::engine_stats` (never reset after the
+    // dummy run, unlike the interval counters above).
+    prefix_cache_hit_tokens: AtomicUsize,
+    kv_cache_blocks: AtomicUsize,
+    kv_cache_free_blocks: AtomicUsize,
+    kv_cache_block_size: AtomicUsize,
+    activation_dtype: OnceLock<DType>,
 }
 
 impl IntervalLogger {
@@ -97,6 +105,11 @@ impl IntervalLogger {
             num_waiting,
             encoder_cache_hits,
             encoder_cache_misses,
+            prefix_cache_hit_tokens: AtomicUsize::new(0),
+            kv_cache_blocks: AtomicUsize::new(0),
+            kv_cache_free_blocks: AtomicUsize::new(0),
+            kv_cache_block_size: AtomicUsize::new(0),
+            activation_dtype: OnceLock::new(),
         }
     }
 
@@ -111,6 +124,7 @@ impl IntervalLogger {
         self.total_new_seqs.store(0, Ordering::Relaxed);
         self.num_running.store(0, Ordering::Relaxed);
         self.num_waiting.store(0, Ordering::Relaxed);
+        self.prefix_cache_hit_tokens.store(0, Ordering::Relaxed);
         if let Some(ref hits) = self.encoder_cache_hits {
             hits.store(0, Ordering::Relaxed);
         }
@@ -155,4 +169,74 @@ impl IntervalLogger {
             _ => None,
         }
     }
+
+    /// aiaas patch: prompt tokens a prefix-cache hit spared from recomputation.
+    pub fn add_prefix_cache_hit_tokens(&self, num_tokens: usize) {
+        self.prefix_cache_hit_tokens
+            .fetch_add(num_tokens, Ordering::Relaxed);
+    }
+
+    /// aiaas patch: the paged-attention KV cache's size (blocks, tokens per block).
+    pub fn set_kv_cache_capacity(&self, blocks: usize, block_size: usize) {
+        self.kv_cache_blocks.store(blocks, Ordering::Relaxed);
+        self.kv_cache_free_blocks.store(blocks, Ordering::Relaxed);
+        self.kv_cache_block_size
+            .store(block_size, Ordering::Relaxed);
+    }
+
+    /// aiaas patch: the dtype the model computes in.
+    pub fn set_activation_dtype(&self, dtype: DType) {
+        let _ = self.activation_dtype.set(dtype);
+    }
+
+    /// aiaas patch: free paged-attention KV-cache blocks now.
+    pub fn set_kv_cache_free_blocks(&self, free: usize) {
+        self.kv_cache_free_blocks.store(free, Ordering::Relaxed);
+    }
+
+    /// aiaas patch: a snapshot of the engine's queue and cache figures.
+    pub fn engine_stats(&self) -> EngineStats {
+        let blocks = self.kv_cache_blocks.load(Ordering::Relaxed);
+        EngineStats {
+            activation_dtype: self.activation_dtype.get().copied(),
+            running: self.num_running.load(Ordering::Relaxed),
+            waiting: self.num_waiting.load(Ordering::Relaxed),
+            new_sequences: self.total_new_seqs.load(Ordering::Relaxed),
+            prefix_cache_hits: self.prefix_cache_hits.load(Ordering::Relaxed),
+            prefix_cache_hit_tokens: self.prefix_cache_hit_tokens.load(Ordering::Relaxed),
+            kv_cache: (blocks > 0).then(|| KvCacheStats {
+                blocks,
+                free_blocks: self.kv_cache_free_blocks.load(Ordering::Relaxed).min(blocks),
+                block_size: self.kv_cache_block_size.load(Ordering::Relaxed),
+            }),
+        }
+    }
+}
+
+/// aiaas patch: what `MistralRs::engine_stats` reports for one model's engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// The dtype the model computes in (activations; quantised weights keep their own).
+    pub activation_dtype: Option<DType>,
+    /// Sequences being decoded (or prefilled) now.
+    pub running: usize,
+    /// Sequences admitted to the scheduler but not yet running.
+    pub waiting: usize,
+    /// Sequences the engine has taken in since it started.
+    pub new_sequences: usize,
+    /// Of those, how many reused a cached prefix.
+    pub prefix_cache_hits: usize,
+    /// Prompt tokens those hits did not have to recompute.
+    pub prefix_cache_hit_tokens: usize,
+    /// The paged-attention KV cache, when paged attention is on.
+    pub kv_cache: Option<KvCacheStats>,
+}
+
+/// aiaas patch: the paged-attention KV cache's size and use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheStats {
+    pub blocks: usize,
+    pub free_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
 }

@@ -15,7 +15,7 @@ use crate::{
 };
 use interprocess::local_socket::{traits::Listener, ListenerOptions};
 use llguidance::ParserFactory;
-pub use logger::IntervalLogger;
+pub use logger::{EngineStats, IntervalLogger, KvCacheStats};
 use mistralrs_quant::RingConfig;
 use rand::SeedableRng;
 use rand_isaac::Isaac64Rng;
@@ -312,6 +312,15 @@ impl Engine {
 
             let (waiting_len, running_len) = {
                 let scheduler = get_mut_arcmutex!(self.scheduler);
+                // aiaas patch: keep the figures `engine_stats` reports current between steps
+                // (the schedulers set them only while scheduling, so finished work lingered).
+                self.logger.set_num_waiting(scheduler.waiting_len());
+                self.logger.set_num_running(scheduler.running_len());
+                if let Some(kv_cache_manager) = scheduler.kv_cache_manager() {
+                    self.logger.set_kv_cache_free_blocks(
+                        get_mut_arcmutex!(kv_cache_manager).num_free_blocks(),
+                    );
+                }
                 (scheduler.waiting_len(), scheduler.running_len())
             };
             let scheduler_idle = waiting_len == 0 && running_len == 0;

@@ -222,6 +222,8 @@ impl PagedAttentionScheduler {
                     // Allocation succeeded
                     if num_computed > 0 {
                         logger.add_prefix_cache_hit();
+                        // aiaas patch: count the prompt tokens the hit spares.
+                        logger.add_prefix_cache_hit_tokens(num_computed);
                     }
                     // Reset waiting count on successful allocation
                     self.waiting_counts.remove(&seq_id);
