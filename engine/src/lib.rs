@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 
-pub use config::{DeviceChoice, EngineConfig, ModelSpec, PagedAttentionConfig};
+pub use config::{DeviceChoice, EngineConfig, KvCacheSize, ModelSpec, PagedAttentionConfig};
 pub use mistral::UsageMeter;
 pub use types::*;
 
@@ -51,10 +51,63 @@ pub enum TokenizeInput {
 #[derive(Debug, Clone)]
 pub struct ModelStats {
     pub model: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Whether the engine reuses cached prompt prefixes.
+    pub prefix_cache: bool,
     /// Requests admitted but not yet producing tokens.
     pub waiting: usize,
     /// Requests producing tokens.
     pub running: usize,
+    /// What the model's mistral.rs engine reports (none for BERT embedders).
+    pub engine: Option<EngineFigures>,
+}
+
+/// A mistral.rs engine's own figures: its scheduler's sequences (a request with `n` choices is
+/// `n` sequences), prefix-cache hits and, with paged attention, the KV cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineFigures {
+    /// The dtype the model computes in (`bf16`, `f32`...; quantised weights keep their own).
+    pub dtype: Option<String>,
+    pub running_sequences: usize,
+    pub waiting_sequences: usize,
+    /// Sequences the engine has taken in since it started.
+    pub sequences: usize,
+    /// Of those, how many started from a cached prefix.
+    pub prefix_cache_hits: usize,
+    /// Prompt tokens those hits did not have to compute again.
+    pub prefix_cache_hit_tokens: usize,
+    /// Present when paged attention is on.
+    pub kv_cache: Option<KvCacheFigures>,
+}
+
+/// The paged-attention KV cache of one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheFigures {
+    pub blocks: usize,
+    pub free_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+}
+
+impl KvCacheFigures {
+    pub fn used_blocks(&self) -> usize {
+        self.blocks.saturating_sub(self.free_blocks)
+    }
+
+    /// Tokens the cache holds when full.
+    pub fn capacity_tokens(&self) -> usize {
+        self.blocks * self.block_size
+    }
+
+    /// Used share of the blocks, 0.0 to 1.0.
+    pub fn usage(&self) -> f64 {
+        if self.blocks == 0 {
+            0.0
+        } else {
+            self.used_blocks() as f64 / self.blocks as f64
+        }
+    }
 }
 
 pub(crate) enum Backend {
@@ -62,15 +115,44 @@ pub(crate) enum Backend {
     Bert(Arc<BertEmbedder>),
 }
 
+/// Whether this build runs attention with flash attention (the `flash-attn` feature).
+pub const FLASH_ATTENTION: bool = cfg!(feature = "flash-attn");
+
 pub(crate) struct Served {
     pub info: ModelInfo,
     pub backend: Backend,
+    pub device: DeviceChoice,
     /// Whether the chat template renders `tools`.
     pub supports_tools: bool,
     /// Whether `dimensions` (Matryoshka truncation) is allowed.
     pub truncatable: bool,
     pub waiting: AtomicUsize,
     pub running: AtomicUsize,
+}
+
+impl Served {
+    fn engine_figures(&self) -> Option<EngineFigures> {
+        match &self.backend {
+            Backend::Mistral(model) => mistral::engine_figures(model),
+            Backend::Bert(_) => None,
+        }
+    }
+
+    /// `cpu`, or `cuda:N (paged attention on)` (as the engine runs it: mistral.rs turns paged
+    /// attention off for models it does not support it with).
+    fn device_description(&self) -> String {
+        match self.device {
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Cuda(_) => {
+                let paged = self.engine_figures().is_some_and(|f| f.kv_cache.is_some());
+                format!(
+                    "{} (paged attention {})",
+                    self.device,
+                    if paged { "on" } else { "off" }
+                )
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -89,26 +171,36 @@ pub struct Engine {
 impl Engine {
     /// Load every model (one after another; each is served by its own mistral.rs engine).
     pub async fn load(config: EngineConfig, specs: Vec<ModelSpec>) -> Result<Engine, EngineError> {
-        let device = config.device_choice().map_err(EngineError::Load)?;
+        config.validate(&specs).map_err(EngineError::Load)?;
         let mut models = HashMap::new();
         let mut order = Vec::new();
+        let mut devices = Vec::new();
         for spec in specs {
+            let device = config.device_for(&spec).map_err(EngineError::Load)?;
             let served = loader::load(&spec, &config, device).await?;
+            let figures = served.engine_figures();
+            let dtype = figures.as_ref().and_then(|f| f.dtype.clone());
+            let kv = figures.and_then(|f| f.kv_cache);
             tracing::info!(model = %spec.id, kind = served.info.kind.as_str(),
+                device = %device, dtype = dtype.as_deref().unwrap_or("-"),
+                paged_attention = kv.is_some(), flash_attention = FLASH_ATTENTION,
+                kv_cache_blocks = kv.map_or(0, |k| k.blocks),
+                kv_cache_tokens = kv.map_or(0, |k| k.capacity_tokens()),
                 max_seq_len = served.info.max_seq_len, tools = served.supports_tools, "model loaded");
+            let described = served.device_description();
+            if !devices.contains(&described) {
+                devices.push(described);
+            }
             order.push(spec.id.clone());
             models.insert(spec.id.clone(), Arc::new(served));
         }
-        let device = match device {
-            DeviceChoice::Cpu => "cpu".to_string(),
-            DeviceChoice::Cuda(n) => format!(
-                "cuda:{n} (paged attention {})",
-                if config.use_paged_attention() {
-                    "on"
-                } else {
-                    "off"
-                }
-            ),
+        let device = if devices.is_empty() {
+            config
+                .device_choice()
+                .map_err(EngineError::Load)?
+                .to_string()
+        } else {
+            devices.join(", ")
         };
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -149,8 +241,11 @@ impl Engine {
             .filter_map(|id| self.inner.models.get(id))
             .map(|m| ModelStats {
                 model: m.info.id.clone(),
+                device: m.device.to_string(),
+                prefix_cache: self.inner.config.prefix_cache(m.device).is_some(),
                 waiting: m.waiting.load(Ordering::Relaxed),
                 running: m.running.load(Ordering::Relaxed),
+                engine: m.engine_figures(),
             })
             .collect()
     }

@@ -12,7 +12,7 @@ use mistralrs::{
 };
 
 use crate::bert::{is_bert_dir, BertEmbedder};
-use crate::config::{DeviceChoice, EngineConfig, ModelSpec};
+use crate::config::{DeviceChoice, EngineConfig, KvCacheSize, ModelSpec};
 use crate::types::*;
 use crate::{Backend, Served, TokenizeInput};
 
@@ -197,21 +197,35 @@ pub async fn load(
 ) -> Result<Served, EngineError> {
     let source = resolve(spec).await?;
     let cpu = device == DeviceChoice::Cpu;
-    let paged = if config.use_paged_attention() {
+    let paged = if config.use_paged_attention(device) {
+        let pa = &config.paged_attention;
+        let memory = match pa.size().map_err(|e| load_err(spec, e))? {
+            KvCacheSize::Fraction(f) => mistralrs::MemoryGpuConfig::Utilization(f),
+            KvCacheSize::Megabytes(mb) => mistralrs::MemoryGpuConfig::MbAmount(mb),
+            KvCacheSize::Tokens(tokens) => mistralrs::MemoryGpuConfig::ContextSize(tokens),
+        };
+        let cache_type = match pa.cache_type.as_str() {
+            "f8e4m3" => mistralrs::PagedCacheType::F8E4M3,
+            _ => mistralrs::PagedCacheType::Auto,
+        };
         Some(
             PagedAttentionMetaBuilder::default()
-                .with_block_size(config.paged_attention.block_size)
-                .with_gpu_memory(mistralrs::MemoryGpuConfig::Utilization(
-                    config.paged_attention.gpu_memory_fraction,
-                ))
+                .with_block_size(pa.block_size)
+                .with_gpu_memory(memory)
+                .with_paged_cache_type(cache_type)
                 .build()
                 .map_err(|e| load_err(spec, e))?,
         )
     } else {
         None
     };
+    // The main device of a CUDA model (mistral.rs maps its layers from there).
+    let main_device = match device {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Cuda(_) => Some(candle_device(device)?),
+    };
     let seqs = config.max_running_sequences;
-    let prefix = Some(config.prefix_cache_entries).filter(|n| *n > 0);
+    let prefix = config.prefix_cache(device);
     let isq = isq(spec, &source)?;
     let model = match source {
         Source::BertDir(dir) => return load_bert(spec, &dir, device).await,
@@ -222,6 +236,9 @@ pub async fn load(
                 .with_prefix_cache_n(prefix);
             if cpu {
                 b = b.with_force_cpu();
+            }
+            if let Some(d) = &main_device {
+                b = b.with_device(d.clone());
             }
             if let Some(t) = chat_template_arg(spec)? {
                 b = b.with_jinja_explicit(t);
@@ -241,6 +258,9 @@ pub async fn load(
                 .with_prefix_cache_n(prefix);
             if cpu {
                 b = b.with_force_cpu();
+            }
+            if let Some(d) = &main_device {
+                b = b.with_device(d.clone());
             }
             if let Some(t) = chat_template_arg(spec)? {
                 b = b.with_jinja_explicit(t);
@@ -262,6 +282,9 @@ pub async fn load(
                 .with_max_num_seqs(seqs);
             if cpu {
                 b = b.with_force_cpu();
+            }
+            if let Some(d) = &main_device {
+                b = b.with_device(d.clone());
             }
             if let Some(t) = isq {
                 b = b.with_isq(t);
@@ -285,6 +308,9 @@ pub async fn load(
                 .with_prefix_cache_n(prefix);
             if cpu {
                 b = b.with_force_cpu();
+            }
+            if let Some(d) = &main_device {
+                b = b.with_device(d.clone());
             }
             if let Some(t) = isq {
                 b = b.with_isq(t);
@@ -320,6 +346,7 @@ pub async fn load(
                 source: spec.source.clone(),
             },
             backend: Backend::Mistral(model),
+            device,
             supports_tools: false,
             truncatable: true,
             waiting: AtomicUsize::new(0),
@@ -348,6 +375,7 @@ pub async fn load(
             source: spec.source.clone(),
         },
         backend: Backend::Mistral(model),
+        device,
         supports_tools,
         truncatable: false,
         waiting: AtomicUsize::new(0),
@@ -386,6 +414,7 @@ async fn load_bert(
     dir: &Path,
     device: DeviceChoice,
 ) -> Result<Served, EngineError> {
+    let choice = device;
     let device = candle_device(device)?;
     let dir = dir.to_path_buf();
     let bert = tokio::task::spawn_blocking(move || BertEmbedder::load(&dir, &device))
@@ -401,6 +430,7 @@ async fn load_bert(
             source: spec.source.clone(),
         },
         backend: Backend::Bert(Arc::new(bert)),
+        device: choice,
         supports_tools: false,
         truncatable: false,
         waiting: AtomicUsize::new(0),

@@ -765,6 +765,24 @@ impl Stream for MergedStream {
 }
 
 /// Drain a stream into a finished generation.
+/// The engine's own figures of one model (None if mistral.rs cannot say).
+pub(crate) fn engine_figures(model: &mistralrs::Model) -> Option<crate::EngineFigures> {
+    let stats = model.inner().engine_stats(None).ok()?;
+    Some(crate::EngineFigures {
+        dtype: stats.activation_dtype.map(|d| d.as_str().to_string()),
+        running_sequences: stats.running,
+        waiting_sequences: stats.waiting,
+        sequences: stats.new_sequences,
+        prefix_cache_hits: stats.prefix_cache_hits,
+        prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
+        kv_cache: stats.kv_cache.map(|kv| crate::KvCacheFigures {
+            blocks: kv.blocks,
+            free_blocks: kv.free_blocks,
+            block_size: kv.block_size,
+        }),
+    })
+}
+
 pub async fn collect(stream: &mut GenerationStream, n: usize) -> Result<Generation, EngineError> {
     let mut choices: Vec<Choice> = (0..n)
         .map(|index| Choice {

@@ -160,7 +160,7 @@ impl Config {
                 return Err(format!("model id `{}` is declared twice", m.id));
             }
         }
-        self.engine.device_choice()?;
+        self.engine.validate(&self.models)?;
         if !["text", "json"].contains(&self.server.log_format.as_str()) {
             return Err("server.log_format must be `text` or `json`".into());
         }

@@ -1,8 +1,12 @@
 //! Prometheus metrics: requests by route / model / status, latency and time-to-first-token
 //! histograms, tokens in and out, queue depth, running sequences, refused credentials.
 
+use std::sync::{Arc, Mutex};
+
+use aiaas_engine::ModelStats;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -17,6 +21,14 @@ pub struct Metrics {
     pub auth_refusals: IntCounterVec,
     pub admission_refusals: IntCounterVec,
     pub queue_wait: HistogramVec,
+    pub engine_sequences: IntGaugeVec,
+    pub engine_sequences_total: IntCounterVec,
+    pub prefix_cache_hits: IntCounterVec,
+    pub prefix_cache_hit_tokens: IntCounterVec,
+    pub kv_cache_blocks: IntGaugeVec,
+    pub kv_cache_usage: GaugeVec,
+    /// Serialises the copy of the engines' cumulative figures into the counters.
+    engine_sync: Arc<Mutex<()>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -90,6 +102,55 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["model"],
         )?;
+        let engine_sequences = IntGaugeVec::new(
+            Opts::new(
+                "engine_sequences",
+                "Sequences in the model's engine scheduler, by state (running / waiting); a \
+                 request with n choices is n sequences.",
+            ),
+            &["model", "state"],
+        )?;
+        let engine_sequences_total = IntCounterVec::new(
+            Opts::new(
+                "engine_sequences_total",
+                "Sequences the model's engine has taken in.",
+            ),
+            &["model"],
+        )?;
+        let prefix_cache_hits = IntCounterVec::new(
+            Opts::new(
+                "prefix_cache_hits_total",
+                "Sequences that started from a cached prompt prefix.",
+            ),
+            &["model"],
+        )?;
+        let prefix_cache_hit_tokens = IntCounterVec::new(
+            Opts::new(
+                "prefix_cache_hit_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of computed.",
+            ),
+            &["model"],
+        )?;
+        let kv_cache_blocks = IntGaugeVec::new(
+            Opts::new(
+                "kv_cache_blocks",
+                "Paged-attention KV-cache blocks, by state (total / used).",
+            ),
+            &["model", "state"],
+        )?;
+        let kv_cache_usage = GaugeVec::new(
+            Opts::new(
+                "kv_cache_usage_ratio",
+                "Used share of the paged-attention KV-cache blocks (0 to 1).",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(engine_sequences.clone()))?;
+        registry.register(Box::new(engine_sequences_total.clone()))?;
+        registry.register(Box::new(prefix_cache_hits.clone()))?;
+        registry.register(Box::new(prefix_cache_hit_tokens.clone()))?;
+        registry.register(Box::new(kv_cache_blocks.clone()))?;
+        registry.register(Box::new(kv_cache_usage.clone()))?;
         registry.register(Box::new(admission_refusals.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(auth_refusals.clone()))?;
@@ -110,7 +171,62 @@ impl Metrics {
             auth_refusals,
             admission_refusals,
             queue_wait,
+            engine_sequences,
+            engine_sequences_total,
+            prefix_cache_hits,
+            prefix_cache_hit_tokens,
+            kv_cache_blocks,
+            kv_cache_usage,
+            engine_sync: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Copy the engines' figures into the gauges and counters (before a scrape).
+    pub fn observe_engine(&self, models: &[ModelStats]) {
+        // The engines' counts are cumulative: each counter is raised to the engine's value, one
+        // scrape at a time so that two scrapes never add the same difference twice.
+        let _serial = self.engine_sync.lock().unwrap_or_else(|e| e.into_inner());
+        for stats in models {
+            let model = stats.model.as_str();
+            self.queue_depth
+                .with_label_values(&[model])
+                .set(stats.waiting as i64);
+            self.running
+                .with_label_values(&[model])
+                .set(stats.running as i64);
+            let Some(engine) = &stats.engine else {
+                continue;
+            };
+            self.engine_sequences
+                .with_label_values(&[model, "running"])
+                .set(engine.running_sequences as i64);
+            self.engine_sequences
+                .with_label_values(&[model, "waiting"])
+                .set(engine.waiting_sequences as i64);
+            raise(
+                &self.engine_sequences_total.with_label_values(&[model]),
+                engine.sequences,
+            );
+            raise(
+                &self.prefix_cache_hits.with_label_values(&[model]),
+                engine.prefix_cache_hits,
+            );
+            raise(
+                &self.prefix_cache_hit_tokens.with_label_values(&[model]),
+                engine.prefix_cache_hit_tokens,
+            );
+            if let Some(kv) = engine.kv_cache {
+                self.kv_cache_blocks
+                    .with_label_values(&[model, "total"])
+                    .set(kv.blocks as i64);
+                self.kv_cache_blocks
+                    .with_label_values(&[model, "used"])
+                    .set(kv.used_blocks() as i64);
+                self.kv_cache_usage
+                    .with_label_values(&[model])
+                    .set(kv.usage());
+            }
+        }
     }
 
     pub fn refused(&self, reason: &str) {
@@ -131,5 +247,14 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Raise a counter to a cumulative value read elsewhere (never lowers it).
+fn raise(counter: &IntCounter, value: usize) {
+    let value = value as u64;
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
     }
 }

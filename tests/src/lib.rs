@@ -83,6 +83,7 @@ pub fn standard_models() -> Vec<ModelSpec> {
         dtype: None,
         max_seq_len: None,
         isq: None,
+        device: None,
     };
     vec![
         spec(CHAT, dir.join("tiny-qwen3"), None),

@@ -86,7 +86,23 @@ async fn health_ready_and_metrics_need_no_model_call() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["device"], "cpu");
     assert_eq!(ready["limits"], "local");
-    assert_eq!(ready["models"].as_array().unwrap().len(), 6);
+    assert_eq!(ready["flash_attention"], false);
+    let models = ready["models"].as_array().unwrap();
+    assert_eq!(models.len(), 6);
+    for m in models {
+        // Paged attention (and with it a KV-cache size) is a GPU matter; the CPU says so.
+        assert_eq!(m["device"], "cpu", "{m}");
+        assert_eq!(m["paged_attention"], false, "{m}");
+        assert!(m["kv_cache"].is_null(), "{m}");
+        assert_eq!(m["prefix_cache"], false, "{m}");
+        // mistral.rs models report the dtype they compute in; the BERT embedder has no engine.
+        let dtype = m["dtype"].as_str();
+        if m["id"] == BERT {
+            assert_eq!(dtype, None, "{m}");
+        } else {
+            assert!(["f32", "bf16", "f16"].contains(&dtype.unwrap_or("")), "{m}");
+        }
+    }
 
     app.post_json(
         "/v1/chat/completions",
@@ -107,6 +123,82 @@ async fn health_ready_and_metrics_need_no_model_call() {
     assert!(text.contains("aiaas_tokens_total{direction=\"completion\",model=\"tiny-qwen3\"}"));
     assert!(text.contains("aiaas_running_sequences{model=\"tiny-qwen3\"}"));
     assert!(text.contains("aiaas_queue_depth{model=\"tiny-qwen3\"}"));
+    // The engine's own scheduler figures (this server is shared: the values belong to others
+    // too; prefix_cache_hits_show_in_ready_and_metrics checks them on a server of its own).
+    for series in [
+        "aiaas_engine_sequences{model=\"tiny-qwen3\",state=\"running\"}",
+        "aiaas_engine_sequences{model=\"tiny-qwen3\",state=\"waiting\"}",
+        "aiaas_engine_sequences_total{model=\"tiny-qwen3\"}",
+        "aiaas_prefix_cache_hits_total{model=\"tiny-qwen3\"}",
+        "aiaas_prefix_cache_hit_tokens_total{model=\"tiny-qwen3\"}",
+    ] {
+        assert!(metric(&text, series).is_some(), "no {series} in {text}");
+    }
+    assert!(metric(&text, "aiaas_engine_sequences_total{model=\"tiny-qwen3\"}").unwrap() >= 1.0);
+    // Without paged attention there is no KV-cache block figure to report.
+    assert!(!text.contains("aiaas_kv_cache_blocks{"), "{text}");
+}
+
+/// The value of one sample line of a Prometheus text page (`name{labels}` as written there).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn prefix_cache_hits_show_in_ready_and_metrics() {
+    let mut config = test_config(vec![standard_models().remove(1)]);
+    config.engine.prefix_cache_entries = Some(16);
+    let (app, _server) = spawn_custom(config).await;
+    let (_, ready) = app.get_json("/ready").await;
+    assert_eq!(ready["models"][0]["prefix_cache"], true, "{ready}");
+    // A conversation's next turn: the second prompt extends the first. (An identical prompt
+    // is not a hit: mistral.rs needs at least one new token to compute.)
+    let first = "the same long prefix, word after word, ".repeat(4);
+    let second = format!("{first} and one more question");
+    for prompt in [&first, &second] {
+        let body = json!({"model": LLAMA, "prompt": prompt, "max_tokens": 3, "temperature": 0});
+        let (status, v) = app.post_json("/v1/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // The engine's figures are refreshed between its steps: poll (bounded) for the last one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let running = "aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}";
+        if metric(&text, running) == Some(0.0) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let get = |series: &str| metric(&text, series).unwrap_or(-1.0);
+    assert_eq!(
+        get("aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("aiaas_engine_sequences_total{model=\"tiny-llama\"}"),
+        2.0,
+        "{text}"
+    );
+    // The second request found the first one's prompt in the cache.
+    assert_eq!(
+        get("aiaas_prefix_cache_hits_total{model=\"tiny-llama\"}"),
+        1.0,
+        "{text}"
+    );
+    let first_tokens = {
+        let (_, v) = app
+            .post_json("/tokenize", &json!({"model": LLAMA, "prompt": first}))
+            .await;
+        v["count"].as_f64().unwrap()
+    };
+    let hit = get("aiaas_prefix_cache_hit_tokens_total{model=\"tiny-llama\"}");
+    assert!(
+        hit >= first_tokens - 2.0 && hit <= first_tokens + 3.0,
+        "{hit} cached tokens for a {first_tokens}-token first prompt: {text}"
+    );
 }
 
 // ---------- chat ----------
@@ -647,6 +739,14 @@ async fn dropping_a_stream_cancels_its_generation() {
         .await
         .unwrap();
     assert_eq!(running(&metrics), 1, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     drop(res);
     // Poll (bounded) until the engine has let the sequence go; 400 tokens would take far longer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -660,7 +760,12 @@ async fn dropping_a_stream_cancels_its_generation() {
             .text()
             .await
             .unwrap();
-        if running(&metrics) == 0 {
+        // Both our count and the engine's own scheduler let it go.
+        let engine_running = metric(
+            &metrics,
+            "aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}",
+        );
+        if running(&metrics) == 0 && engine_running == Some(0.0) {
             assert!(metrics.contains("aiaas_requests_total{model=\"tiny-llama\",route=\"/v1/chat/completions\",status=\"499\"}"), "{metrics}");
             break;
         }
