@@ -47,6 +47,10 @@ struct Args {
     /// Also print the results as JSON lines.
     #[arg(long)]
     json: bool,
+    /// An aiaas `/metrics` URL to sample every 100 ms during each level: the peaks of the
+    /// model's KV-cache use and of its engine's running and waiting sequences are reported.
+    #[arg(long)]
+    metrics_url: Option<String>,
     #[arg(long)]
     allow_remote: bool,
 }
@@ -77,6 +81,70 @@ struct LevelReport {
     latency_p50_ms: f64,
     mean_output_tokens: f64,
     mean_prompt_tokens: f64,
+    /// Peaks sampled from `--metrics-url` (absent without it, or when the server has no
+    /// such figure: the KV-cache share needs paged attention).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_cache_peak: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_peak: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_peak: Option<f64>,
+}
+
+/// The largest values seen of a few of aiaas's engine gauges for one model.
+#[derive(Debug, Default, Clone, Copy)]
+struct Peaks {
+    kv_cache: Option<f64>,
+    running: Option<f64>,
+    waiting: Option<f64>,
+}
+
+impl Peaks {
+    fn observe(&mut self, text: &str, model: &str) {
+        let value = |series: String| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
+        };
+        let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.kv_cache = max(
+            self.kv_cache,
+            value(format!("aiaas_kv_cache_usage_ratio{{model=\"{model}\"}}")),
+        );
+        self.running = max(
+            self.running,
+            value(format!(
+                "aiaas_engine_sequences{{model=\"{model}\",state=\"running\"}}"
+            )),
+        );
+        self.waiting = max(
+            self.waiting,
+            value(format!(
+                "aiaas_engine_sequences{{model=\"{model}\",state=\"waiting\"}}"
+            )),
+        );
+    }
+}
+
+/// Sample `url` every 100 ms until `stop` is set; the peaks seen.
+async fn sample_metrics(
+    client: reqwest::Client,
+    url: String,
+    model: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Peaks {
+    let mut peaks = Peaks::default();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(res) = client.get(&url).send().await {
+            if let Ok(text) = res.text().await {
+                peaks.observe(&text, &model);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peaks
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -171,6 +239,15 @@ async fn one_request(client: &reqwest::Client, args: &Args, salt: usize) -> anyh
 async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize) -> LevelReport {
     let total = args.requests.max(concurrency);
     let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = args.metrics_url.clone().map(|url| {
+        tokio::spawn(sample_metrics(
+            client.clone(),
+            url,
+            args.model.clone(),
+            stop.clone(),
+        ))
+    });
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -201,6 +278,11 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let peaks = match sampler {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Peaks::default(),
+    };
     let tokens: usize = samples.iter().map(|s| s.tokens).sum();
     let mut ttft: Vec<Duration> = samples.iter().map(|s| s.ttft).collect();
     let mut itl: Vec<Duration> = samples.iter().flat_map(|s| s.itl.iter().copied()).collect();
@@ -224,6 +306,9 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
         latency_p50_ms: percentile(&latency, 50.0),
         mean_output_tokens: tokens as f64 / samples.len().max(1) as f64,
         mean_prompt_tokens: prompt_tokens as f64 / samples.len().max(1) as f64,
+        kv_cache_peak: peaks.kv_cache,
+        running_peak: peaks.running,
+        waiting_peak: peaks.waiting,
     }
 }
 
@@ -246,6 +331,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     if !args.allow_remote {
         check_loopback(&args.url)?;
+        if let Some(url) = &args.metrics_url {
+            check_loopback(url)?;
+        }
     }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
@@ -255,12 +343,34 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("warm-up request")?;
     }
-    println!("| server | conc | reqs | err | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | latency p50 ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let peaks = args.metrics_url.is_some();
+    println!(
+        "| server | conc | reqs | err | req/s | out tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | latency p50 ms |{}",
+        if peaks { " KV cache peak | running peak | waiting peak |" } else { "" }
+    );
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|{}",
+        if peaks { "---|---|---|" } else { "" }
+    );
     for &c in &args.concurrency {
         let r = run_level(&client, args.clone(), c).await;
+        let show = |v: Option<f64>, percent: bool| match v {
+            Some(v) if percent => format!(" {:.1}% |", v * 100.0),
+            Some(v) => format!(" {v:.0} |"),
+            None => " - |".to_string(),
+        };
+        let extra = if peaks {
+            format!(
+                "{}{}{}",
+                show(r.kv_cache_peak, true),
+                show(r.running_peak, false),
+                show(r.waiting_peak, false)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |{extra}",
             r.label,
             r.concurrency,
             r.requests,
