@@ -2,7 +2,7 @@
 //! candle-core (vendor/candle-core): the AVX2 Q4_1 dot product and the batched loop that reads
 //! each weight row once for all input rows. Each case is checked against the same weights
 //! dequantized and multiplied in f32, for one input row (decoding one sequence) and for several
-//! (a batch, or a prompt).
+//! (a batch, or a prompt), and the batched results against the one-row ones.
 
 #![allow(clippy::unwrap_used)]
 
@@ -78,6 +78,37 @@ fn other_block_types_keep_matching_through_the_batched_loop() {
     ] {
         for rows in [1, 5] {
             check(dtype, rows, 512, 96);
+        }
+    }
+}
+
+/// Each row of a batched product is exactly (bit for bit) the product of that row alone: the
+/// batched loop, and the Q4_1 kernel that takes four input rows per pass over a weight row,
+/// add in the same order as the one-row path. So a sequence decodes the same whether it is
+/// batched with others or not (up to what attention does).
+#[test]
+fn batched_rows_equal_single_rows_exactly() {
+    let device = Device::Cpu;
+    let (k, n) = (576, 64);
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
+        let matmul = QMatMul::from_qtensor(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
+        for rows in 2..=9 {
+            let input =
+                Tensor::from_vec(values(rows * k, 100 + rows as u64), (rows, k), &device).unwrap();
+            let batched: Vec<Vec<f32>> = matmul.forward(&input).unwrap().to_vec2().unwrap();
+            for (r, got) in batched.iter().enumerate() {
+                let alone: Vec<Vec<f32>> = matmul
+                    .forward(&input.narrow(0, r, 1).unwrap())
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                let same = got
+                    .iter()
+                    .zip(&alone[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{dtype:?}, {rows} rows: row {r} differs from its product alone");
+            }
         }
     }
 }

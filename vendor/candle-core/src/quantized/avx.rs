@@ -93,6 +93,45 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) ->
     }
 }
 
+// aiaas patch: `vec_dot_q4_1_q8_1` of one weight row with four input rows at once. Each weight
+// block is loaded, unpacked and its scales converted once for the four rows; every row keeps
+// its own accumulators and adds in the same order as `vec_dot_q4_1_q8_1`, so each result is
+// the same to the bit.
+#[inline(always)]
+pub(crate) fn vec_dot_q4_1_q8_1_x4(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_1),
+        "vec_dot_q4_1_q8_1_x4: {n} is not divisible by {QK8_1}"
+    );
+    let nb = xs.len();
+    assert!(ys.len() >= 4 * nb, "vec_dot_q4_1_q8_1_x4: four rows expected");
+    let (y0, rest) = ys.split_at(nb);
+    let (y1, rest) = rest.split_at(nb);
+    let (y2, y3) = rest.split_at(nb);
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        for (i, x) in xs.iter().enumerate() {
+            let xd = f16::to_f32(x.d);
+            let xm = f16::to_f32(x.m);
+            let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+            for (r, y) in [&y0[i], &y1[i], &y2[i], &y3[i]].into_iter().enumerate() {
+                let d = _mm256_set1_ps(xd * f16::to_f32(y.d));
+                mins[r] += xm * f16::to_f32(y.s);
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_us8_pairs_float(bx, by);
+                acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+            }
+        }
+        [
+            hsum_float_8(acc[0]) + mins[0],
+            hsum_float_8(acc[1]) + mins[1],
+            hsum_float_8(acc[2]) + mins[2],
+            hsum_float_8(acc[3]) + mins[3],
+        ]
+    }
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(

@@ -52,6 +52,16 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// aiaas patch: the dot products of one weight row `xs` with `out.len()` input rows laid
+    /// out one after another in `ys` (`xs.len()` blocks each). A type may share the work of
+    /// unpacking `xs` between the rows; each result must equal `vec_dot` bit for bit.
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        let blocks = xs.len();
+        for (row, out) in out.iter_mut().enumerate() {
+            *out = Self::vec_dot(n, xs, &ys[row * blocks..(row + 1) * blocks]);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,6 +292,23 @@ impl GgmlType for BlockQ4_1 {
 
         #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    // aiaas patch: four input rows per pass over a weight row (AVX2 builds).
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        let blocks = xs.len();
+        let mut quads = out.chunks_exact_mut(4);
+        let mut row = 0;
+        for quad in &mut quads {
+            let rows = &ys[row * blocks..(row + 4) * blocks];
+            quad.copy_from_slice(&super::avx::vec_dot_q4_1_q8_1_x4(n, xs, rows));
+            row += 4;
+        }
+        for out in quads.into_remainder() {
+            *out = super::avx::vec_dot_q4_1_q8_1(n, xs, &ys[row * blocks..(row + 1) * blocks]);
+            row += 1;
+        }
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2327,10 +2354,7 @@ pub fn matmul<T: GgmlType>(
         .with_min_len((128 / m).max(1))
         .for_each(|(col_idx, out)| {
             let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-            for (row_idx, out) in out.iter_mut().enumerate() {
-                let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-                *out = T::vec_dot(k, rhs_col, lhs_row);
-            }
+            T::vec_dot_rows(k, rhs_col, &lhs_b, out);
         });
     for (col_idx, column) in dst_t.chunks_exact(m).enumerate() {
         for (row_idx, value) in column.iter().enumerate() {
