@@ -231,11 +231,16 @@ impl DeviceChoice {
             "auto" => Ok(DeviceChoice::Cpu),
             other => match other.strip_prefix("cuda") {
                 Some(rest) if cfg!(feature = "cuda") => {
-                    let ordinal = rest.strip_prefix(':').unwrap_or("0");
+                    // `cuda` is `cuda:0`; anything else must be `cuda:N` (not `cuda1`).
+                    let ordinal = if rest.is_empty() {
+                        Some("0")
+                    } else {
+                        rest.strip_prefix(':')
+                    };
                     ordinal
-                        .parse()
+                        .and_then(|n| n.parse().ok())
                         .map(DeviceChoice::Cuda)
-                        .map_err(|_| format!("invalid CUDA device `{other}`"))
+                        .ok_or_else(|| format!("invalid CUDA device `{other}`: use cuda:N"))
                 }
                 Some(_) => {
                     Err("this build has no CUDA support (build with --features cuda)".into())
@@ -341,6 +346,11 @@ mod tests {
             .device_for(&spec)
             .unwrap_err()
             .contains("unknown device"));
+        if cfg!(feature = "cuda") {
+            assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
+            assert!(DeviceChoice::parse("cuda1").is_err());
+            assert!(DeviceChoice::parse("cuda:x").is_err());
+        }
     }
 
     #[test]
