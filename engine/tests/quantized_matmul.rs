@@ -107,7 +107,10 @@ fn batched_rows_equal_single_rows_exactly() {
                     .iter()
                     .zip(&alone[0])
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{dtype:?}, {rows} rows: row {r} differs from its product alone");
+                assert!(
+                    same,
+                    "{dtype:?}, {rows} rows: row {r} differs from its product alone"
+                );
             }
         }
     }
