@@ -19,6 +19,8 @@ use mistralrs_quant::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::attention::Sdpa;
+// aiaas patch: nameable outside the crate, so that aiaas's tests can call `Sdpa` directly.
+pub use crate::attention::SdpaParams;
 pub use crate::layers_masker::CausalMasker;
 pub use crate::layers_utils::repeat_kv;
 use crate::{

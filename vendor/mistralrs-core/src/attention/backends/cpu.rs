@@ -10,31 +10,7 @@ use rayon::ThreadPool;
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
-// Optional hardware prefetch for ping‑pong style scheduling.
-#[cfg(target_arch = "x86_64")]
-use core::arch::x86_64::_mm_prefetch;
-
-// --- portable wrapper around architecture‑specific prefetch -------------
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn prefetch(addr: *const u8) {
-    _mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_T0);
-}
-
-#[cfg(target_arch = "aarch64")]
-#[inline(always)]
-unsafe fn prefetch(addr: *const u8) {
-    core::arch::asm!(
-        "prfm pldl1keep, [{0}]",
-        in(reg) addr,
-        options(readonly, nostack, preserves_flags)
-    );
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[inline(always)]
-unsafe fn prefetch(_addr: *const u8) {}
-// -----------------------------------------------------------------------
+// aiaas patch: upstream's prefetch helper is gone with the per-position loops that used it.
 
 use crate::attention::SdpaParams;
 
@@ -77,38 +53,229 @@ fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+thread_local! {
+    /// aiaas patch: for the forward pass this thread is running, the number of padding positions
+    /// at the front of each batch entry's K and V (see `NormalCacheManager::clone_in_cache`);
+    /// empty when no entry is padded.
+    static KV_PADDING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// aiaas patch: sets the padding of each batch entry for the forward passes this thread runs
+/// next, until `clear_kv_padding`.
+pub(crate) fn set_kv_padding(pads: Vec<usize>) {
+    KV_PADDING.with(|p| *p.borrow_mut() = pads);
+}
+
+/// aiaas patch: no batch entry is padded any more.
+pub(crate) fn clear_kv_padding() {
+    KV_PADDING.with(|p| p.borrow_mut().clear());
+}
+
+/// aiaas patch: whether a padded batch is being run on this thread.
+pub(crate) fn kv_padding_active() -> bool {
+    KV_PADDING.with(|p| p.borrow().iter().any(|&pad| pad > 0))
+}
+
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
-/// Dot product in `f32`.
-///
-/// aiaas patch: eight independent partial sums (one AVX register of lanes) instead of one running
-/// sum. Upstream adds every chunk of four into a single `f32`, a chain of dependent additions the
-/// compiler may not reorder, so the loop ran at one addition latency per four elements and never
-/// vectorised; this was 13–16% of a decoded token and of a prompt (bench/README.md).
-#[inline]
-fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    const LANES: usize = 8;
-    let mut lanes = [0f32; LANES];
-    let mut a_chunks = a.chunks_exact(LANES);
-    let mut b_chunks = b.chunks_exact(LANES);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for l in 0..LANES {
-            lanes[l] += x[l].to_f32() * y[l].to_f32();
+/// aiaas patch: key positions scored together in the prompt kernel before their softmax weights
+/// are applied (one running-max update per chunk instead of one per position).
+const CHUNK_KV: usize = 64;
+
+/// aiaas patch: rows of Q, K and V are widened to `f32` once, in bulk, instead of element by
+/// element inside every dot product and weighted sum (upstream called the scalar half-to-float
+/// conversion twice per multiply-add). With F16C (x86-64-v3 builds) eight halves convert in one
+/// instruction.
+pub(crate) trait WidenF32: Copy {
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl WidenF32 for f32 {
+    #[inline]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl WidenF32 for bf16 {
+    #[inline]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x.to_f32() * y.to_f32();
-    }
-    let quads = [
-        lanes[0] + lanes[4],
-        lanes[1] + lanes[5],
-        lanes[2] + lanes[6],
-        lanes[3] + lanes[7],
-    ];
-    (quads[0] + quads[2]) + (quads[1] + quads[3]) + tail
 }
+
+impl WidenF32 for f16 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "f16c", target_feature = "avx"))]
+    #[inline]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use core::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+        assert_eq!(src.len(), dst.len());
+        let mut src8 = src.chunks_exact(8);
+        let mut dst8 = dst.chunks_exact_mut(8);
+        for (s, d) in (&mut src8).zip(&mut dst8) {
+            // SAFETY: both chunks hold exactly eight elements; F16C is enabled at compile time.
+            unsafe {
+                let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+                _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+            }
+        }
+        for (d, s) in dst8.into_remainder().iter_mut().zip(src8.remainder()) {
+            *d = s.to_f32();
+        }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "f16c", target_feature = "avx")))]
+    #[inline]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+/// aiaas patch: `f32` kernels of the attention loops: dot product, `y += a·x` and `y *= a`.
+/// With AVX2 + FMA (x86-64-v3 builds) they run eight lanes per instruction with two independent
+/// accumulators; elsewhere they are plain loops.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod lanes {
+    use core::arch::x86_64::*;
+
+    #[inline]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let n8 = n - n % 8;
+        // SAFETY: every load reads eight elements below `n8 <= len`; AVX2 and FMA are enabled at
+        // compile time.
+        unsafe {
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n8 {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    acc1,
+                );
+                i += 16;
+            }
+            if i < n8 {
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            }
+            let acc = _mm256_add_ps(acc0, acc1);
+            let q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            let q = _mm_add_ss(q, _mm_movehdup_ps(q));
+            let mut sum = _mm_cvtss_f32(q);
+            for j in n8..n {
+                sum += a[j] * b[j];
+            }
+            sum
+        }
+    }
+
+    #[inline]
+    pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let n8 = n - n % 8;
+        // SAFETY: as in `dot`.
+        unsafe {
+            let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+            let va = _mm256_set1_ps(a);
+            let mut i = 0;
+            while i < n8 {
+                let r = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+                _mm256_storeu_ps(py.add(i), r);
+                i += 8;
+            }
+        }
+        for j in n8..n {
+            y[j] += a * x[j];
+        }
+    }
+
+    #[inline]
+    pub(super) fn scale(y: &mut [f32], a: f32) {
+        for v in y.iter_mut() {
+            *v *= a;
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+mod lanes {
+    #[inline]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut a8 = a.chunks_exact(8);
+        let mut b8 = b.chunks_exact(8);
+        for (x, y) in (&mut a8).zip(&mut b8) {
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline]
+    pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        for (v, x) in y.iter_mut().zip(x) {
+            *v += a * x;
+        }
+    }
+
+    #[inline]
+    pub(super) fn scale(y: &mut [f32], a: f32) {
+        for v in y.iter_mut() {
+            *v *= a;
+        }
+    }
+}
+
+/// aiaas patch: one query row meets a chunk of key positions. `scores` holds their logits
+/// (scaled, capped and masked; `-inf` where masked); `v` their value rows, `dv` values each.
+/// Updates the row's online-softmax state: running maximum `m`, running sum `s` and the
+/// weighted sum of value rows `acc` (zero while `m` is `-inf`).
+#[inline]
+fn softmax_accumulate(scores: &[f32], v: &[f32], dv: usize, acc: &mut [f32], s: &mut f32, m: &mut f32) {
+    let chunk_max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if chunk_max == f32::NEG_INFINITY {
+        return;
+    }
+    if chunk_max > *m {
+        if *m != f32::NEG_INFINITY {
+            let factor = (*m - chunk_max).exp();
+            lanes::scale(acc, factor);
+            *s *= factor;
+        }
+        *m = chunk_max;
+    }
+    for (j, &score) in scores.iter().enumerate() {
+        let p = (score - *m).exp();
+        if p == 0.0 {
+            continue;
+        }
+        *s += p;
+        lanes::axpy(acc, p, &v[j * dv..(j + 1) * dv]);
+    }
+}
+
+/// aiaas patch: the logit of one query row against one key row.
+#[inline]
+fn logit(q: &[f32], k: &[f32], scale: f32, logit_softcap: f32) -> f32 {
+    let x = lanes::dot(q, k) * scale;
+    if logit_softcap != 0.0 {
+        logit_softcap * (x / logit_softcap).tanh()
+    } else {
+        x
+    }
+}
+
 
 #[inline]
 fn clamp_index(idx: usize, dim: usize) -> usize {
@@ -308,7 +475,7 @@ pub fn run_flash_attn_cpu<T>(
     sdpa_params: &SdpaParams,
 ) -> Result<Tensor>
 where
-    T: WithDType + Sum + num_traits::real::Real + DowncastF32 + UpcastF32 + Copy,
+    T: WithDType + Sum + num_traits::real::Real + DowncastF32 + UpcastF32 + WidenF32 + Copy,
 {
     // Inline CPU slice extraction for q, k, v, and optional mask
     let (q_guard, q_layout) = q.storage_and_layout();
@@ -404,6 +571,12 @@ where
 /// Optimised path for the common decode case: q_len == 1 but kv_len ≫ 1.
 /// All intermediate maths is done in `f32`; we down‑cast to `T` exactly once
 /// when writing the output buffer.
+///
+/// aiaas patch: each tile job widens its K and V rows to `f32` once per batch entry and KV head
+/// (shared by the query heads of a group), scores the tile's positions with a SIMD dot product
+/// and adds the weighted V rows with SIMD multiply-adds. Upstream kept one scratch slot per tile
+/// and head for all batch entries, so with several sequences decoding together every sequence
+/// received the attention output of the last one in the batch; the slots are now per batch entry.
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_cpu_single_q<T>(
     q_data: &[T],
@@ -422,12 +595,18 @@ fn flash_attn_cpu_single_q<T>(
     logit_softcap: f32,
 ) -> Result<Tensor>
 where
-    T: WithDType + Copy + UpcastF32 + DowncastF32,
+    T: WithDType + Copy + UpcastF32 + DowncastF32 + WidenF32,
 {
     let (b, _q_len, h, d) = (qshape[0], qshape[1], qshape[2], qshape[3]);
     let kv_len = kshape[1];
-    let kv_tiles = kv_len.div_ceil(TILE_KV);
     let dv = d;
+    // Padding positions at the front of each batch entry; its tiles start after them, so an
+    // entry's sums run in the same order as when it decodes alone.
+    let pads: Vec<usize> = KV_PADDING.with(|p| {
+        let p = p.borrow();
+        (0..b).map(|i| p.get(i).copied().unwrap_or(0).min(kv_len)).collect()
+    });
+    let kv_tiles = (kv_len - pads.iter().copied().min().unwrap_or(0)).div_ceil(TILE_KV);
 
     // --- head tiling factors and softmax helper -----------------------
     let k_h = kshape[2];
@@ -436,17 +615,23 @@ where
     let rv2 = h / v_h;
     let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
 
-    // final output
-    let mut out = vec![T::cast(0.0); b * h * dv];
-    // scratch: one tile  ×  heads ×  dv  (flattened)
-    let mut scratch = vec![0f32; kv_tiles * h * dv];
-    let mut scratch_s = vec![0f32; kv_tiles * h]; // softmax S per tile
-    let mut scratch_m = vec![f32::NEG_INFINITY; kv_tiles * h];
+    // Every query row in f32, once.
+    let slots = b * h;
+    let mut qf = vec![0f32; slots * d];
+    for b_i in 0..b {
+        for h_i in 0..h {
+            let q_base = b_i * qstride[0] + h_i * qstride[2];
+            T::widen(
+                &q_data[q_base..q_base + d],
+                &mut qf[(b_i * h + h_i) * d..][..d],
+            );
+        }
+    }
 
-    // Store as plain usize so the capture is Sync (raw *mut T is not Sync)
-    let scratch_ptr = scratch.as_mut_ptr() as usize;
-    let scratch_s_ptr = scratch_s.as_mut_ptr() as usize;
-    let scratch_m_ptr = scratch_m.as_mut_ptr() as usize;
+    // scratch per tile and (batch entry, head): weighted V sum, softmax sum and maximum
+    let mut scratch = vec![0f32; kv_tiles * slots * dv];
+    let mut scratch_s = vec![0f32; kv_tiles * slots];
+    let mut scratch_m = vec![f32::NEG_INFINITY; kv_tiles * slots];
 
     let mask_info = match (mask_vec, mask_dims) {
         (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b, h }),
@@ -454,148 +639,145 @@ where
     };
 
     in_attention_pool(|| {
-        (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
-            let start = tile_idx * TILE_KV;
-            let end = (start + TILE_KV).min(kv_len);
+        scratch
+            .par_chunks_mut(slots * dv)
+            .zip(scratch_s.par_chunks_mut(slots))
+            .zip(scratch_m.par_chunks_mut(slots))
+            .enumerate()
+            .for_each(|(tile_idx, ((tile_acc, tile_s), tile_m))| {
+                let mut kbuf = vec![0f32; TILE_KV * d];
+                let mut vbuf = vec![0f32; TILE_KV * dv];
+                let mut scores = [0f32; TILE_KV];
 
-            for b_i in 0..b {
-                for h_i in 0..h {
-                    // Per‑head slope for ALiBi / NTK bias.
-                    let slope = if max_bias > 0.0 {
-                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                    } else {
-                        1.0
-                    };
-                    let k_head = h_i / rk2;
-                    let v_head = h_i / rv2;
-
-                    // pointers into scratch
-                    let base_vk = ((tile_idx * h + h_i) * dv) as isize;
-                    let base_s = (tile_idx * h + h_i) as isize;
-
-                    let q_base = b_i * qstride[0] + h_i * qstride[2];
-                    let q_row = &q_data[q_base..q_base + d];
-
-                    // Re‑materialise the pointer from the captured usize.
-                    let vkq: &mut [f32] = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (scratch_ptr as *mut f32).add(base_vk as usize),
-                            dv,
-                        )
-                    };
-                    let mut s = 0f32;
-                    let mut m = f32::NEG_INFINITY;
-
-                    for kv_pos in start..end {
-                        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                        {
-                            // One‑step look‑ahead prefetch of the next K and V rows.
-                            let next_pos = kv_pos + 1;
-                            if next_pos < end {
-                                let next_k_base =
-                                    b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                                let next_v_base =
-                                    b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                                unsafe {
-                                    prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                    prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                                }
-                            }
-                        }
-                        // ---------- dot(Q,K) ----------
-                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                        let k_row = &k_data[k_base..k_base + d];
-
-                        let mut s_val = vec_dot_f32(q_row, k_row) * scale;
-
-                        if logit_softcap != 0.0 {
-                            s_val = logit_softcap * (s_val / logit_softcap).tanh();
-                        }
-                        let mask_delta = mask_info
-                            .as_ref()
-                            .map(|mask| slope * mask.value(b_i, h_i, 0, kv_pos))
-                            .unwrap_or(0.0);
-                        s_val += mask_delta;
-
-                        // -------- tile-local softmax ----------
-                        let m_old = m;
-                        let mut ms = 1.0;
-                        let mut vs = 1.0;
-                        if s_val > m {
-                            m = s_val;
-                            ms = (m_old - m).exp();
-                            for v in vkq.iter_mut() {
-                                *v *= ms;
-                            }
-                        } else {
-                            vs = (s_val - m).exp();
-                        }
-
-                        // -------- add V ----------
-                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for d_i in 0..dv {
-                            vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                        }
-
-                        s = s * ms + vs;
+                for b_i in 0..b {
+                    let start = pads[b_i] + tile_idx * TILE_KV;
+                    if start >= kv_len {
+                        continue;
                     }
+                    let end = (start + TILE_KV).min(kv_len);
+                    let n = end - start;
+                    let (kbuf, vbuf) = (&mut kbuf[..n * d], &mut vbuf[..n * dv]);
+                    let mut k_loaded = usize::MAX;
+                    let mut v_loaded = usize::MAX;
+                    for h_i in 0..h {
+                        // Per‑head slope for ALiBi / NTK bias.
+                        let slope = if max_bias > 0.0 {
+                            2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+                        } else {
+                            1.0
+                        };
+                        let k_head = h_i / rk2;
+                        let v_head = h_i / rv2;
+                        if k_head != k_loaded {
+                            for (j, row) in kbuf.chunks_exact_mut(d).enumerate() {
+                                let base =
+                                    b_i * kstride[0] + (start + j) * kstride[1] + k_head * kstride[2];
+                                T::widen(&k_data[base..base + d], row);
+                            }
+                            k_loaded = k_head;
+                        }
+                        if v_head != v_loaded {
+                            for (j, row) in vbuf.chunks_exact_mut(dv).enumerate() {
+                                let base =
+                                    b_i * vstride[0] + (start + j) * vstride[1] + v_head * vstride[2];
+                                T::widen(&v_data[base..base + dv], row);
+                            }
+                            v_loaded = v_head;
+                        }
 
-                    unsafe {
-                        *((scratch_s_ptr as *mut f32).add(base_s as usize)) = s;
-                        *((scratch_m_ptr as *mut f32).add(base_s as usize)) = m;
+                        let slot = b_i * h + h_i;
+                        let q_row = &qf[slot * d..][..d];
+                        for (j, k_row) in kbuf.chunks_exact(d).enumerate() {
+                            let mask_delta = mask_info
+                                .as_ref()
+                                .map(|mask| slope * mask.value(b_i, h_i, 0, start + j))
+                                .unwrap_or(0.0);
+                            scores[j] = if mask_delta == f32::NEG_INFINITY {
+                                f32::NEG_INFINITY
+                            } else {
+                                logit(q_row, k_row, scale, logit_softcap) + mask_delta
+                            };
+                        }
+                        softmax_accumulate(
+                            &scores[..n],
+                            vbuf,
+                            dv,
+                            &mut tile_acc[slot * dv..][..dv],
+                            &mut tile_s[slot],
+                            &mut tile_m[slot],
+                        );
                     }
                 }
-            }
-        });
+            });
     });
 
-    // -------- serial reduction over tiles (per head) --------
-    for b_i in 0..b {
-        for h_i in 0..h {
-            let out_off = (b_i * h + h_i) * dv;
-
-            // start with tile 0
-            let mut vkq = vec![0f32; dv];
-            vkq.copy_from_slice(&scratch[(h_i * dv)..(h_i * dv + dv)]);
-            let mut s = scratch_s[h_i];
-            let mut m = scratch_m[h_i];
-
-            for tile_idx in 1..kv_tiles {
-                let base = (tile_idx * h + h_i) * dv;
-                let base_s = tile_idx * h + h_i;
-
-                let m_b = scratch_m[base_s];
-                let s_b = scratch_s[base_s];
-                let vkq_b = &scratch[base..base + dv];
-
-                if m >= m_b {
-                    let factor = (m_b - m).exp();
-                    for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
-                        *v += v_b * factor;
-                    }
-                    s += s_b * factor;
-                } else {
-                    let factor = (m - m_b).exp();
-                    for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
-                        *v = v_a + *v * factor;
-                    }
-                    s = s_b + s * factor;
-                    m = m_b;
-                }
+    // -------- serial reduction over tiles (per batch entry and head) --------
+    let mut out = vec![T::cast(0.0); slots * dv];
+    let mut vkq = vec![0f32; dv];
+    for slot in 0..slots {
+        vkq.fill(0.0);
+        let mut s = 0f32;
+        let mut m = f32::NEG_INFINITY;
+        for tile_idx in 0..kv_tiles {
+            let idx = tile_idx * slots + slot;
+            let m_b = scratch_m[idx];
+            if m_b == f32::NEG_INFINITY {
+                continue;
             }
-
-            let inv_s = 1.0 / s;
-            for (o, v) in out[out_off..][..dv].iter_mut().zip(vkq.iter()) {
-                *o = T::cast(*v * inv_s);
+            let s_b = scratch_s[idx];
+            let vkq_b = &scratch[idx * dv..][..dv];
+            if m_b <= m {
+                let factor = (m_b - m).exp();
+                lanes::axpy(&mut vkq, factor, vkq_b);
+                s += s_b * factor;
+            } else {
+                let factor = (m - m_b).exp();
+                lanes::scale(&mut vkq, factor);
+                lanes::axpy(&mut vkq, 1.0, vkq_b);
+                s = s * factor + s_b;
+                m = m_b;
             }
+        }
+        let inv_s = if s > 0.0 { 1.0 / s } else { 0.0 };
+        for (o, v) in out[slot * dv..][..dv].iter_mut().zip(vkq.iter()) {
+            *o = T::cast(*v * inv_s);
         }
     }
 
     Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)
 }
 
+/// aiaas patch: K or V of every batch entry and head in `f32`, rows contiguous per head:
+/// `[batch][head][position][dim]`, so the prompt kernel widens each value once, not once per
+/// query row.
+fn widen_heads<T: WidenF32 + Send + Sync>(
+    data: &[T],
+    b: usize,
+    len: usize,
+    heads: usize,
+    dim: usize,
+    stride: &[usize],
+) -> Vec<f32> {
+    let mut wide = vec![0f32; b * heads * len * dim];
+    wide.par_chunks_mut(len * dim)
+        .enumerate()
+        .for_each(|(bh, head_rows)| {
+            let (b_i, head) = (bh / heads, bh % heads);
+            for (pos, row) in head_rows.chunks_exact_mut(dim).enumerate() {
+                let base = b_i * stride[0] + pos * stride[1] + head * stride[2];
+                T::widen(&data[base..base + dim], row);
+            }
+        });
+    wide
+}
+
 /// Main forward flash-attention CPU routine.
 /// Shapes follow Candle convention: (B, S, H, D)
+///
+/// aiaas patch: K and V are widened to `f32` once per call (`widen_heads`), each query row is
+/// scored against chunks of `CHUNK_KV` positions with a SIMD dot product (masked positions are
+/// skipped before their dot product), and the chunk's weighted V rows are added with SIMD
+/// multiply-adds after one running-maximum update per chunk.
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_cpu<T>(
     q_data: &[T],
@@ -614,7 +796,7 @@ fn flash_attn_cpu<T>(
     logit_softcap: f32,
 ) -> Result<Tensor>
 where
-    T: WithDType + Copy + UpcastF32 + DowncastF32,
+    T: WithDType + Copy + UpcastF32 + DowncastF32 + WidenF32,
 {
     let (b, q_len, h, d) = (qshape[0], qshape[1], qshape[2], qshape[3]);
     let kv_len = kshape[1];
@@ -628,6 +810,11 @@ where
 
     let mut out = vec![T::cast(0.0); b * q_len * h * dv];
 
+    // aiaas patch: padded batches are decoding steps only (one query row per entry).
+    if kv_padding_active() {
+        candle_core::bail!("a padded KV batch reached the multi-row CPU attention");
+    }
+
     assert_eq!(qstride[3], 1, "q must have contiguous rows");
     assert_eq!(kstride[3], 1, "k must have contiguous rows");
     assert_eq!(vstride[3], 1, "v must have contiguous rows");
@@ -638,105 +825,70 @@ where
     };
 
     in_attention_pool(|| {
+        let kf = widen_heads(k_data, b, kv_len, k_h, d, kstride);
+        let vf = widen_heads(v_data, b, kv_len, v_h, dv, vstride);
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
-            .for_each(|(row_idx, out_chunk)| {
-                // Decode flat index back to (batch, head, q_pos)
-                let rows_per_batch = h * q_len;
-                let b_i = row_idx / rows_per_batch;
-                let rem = row_idx % rows_per_batch;
-                let h_i = rem / q_len;
-                let q_pos = rem % q_len;
+            .for_each_init(
+                || (vec![0f32; d], vec![0f32; dv], [0f32; CHUNK_KV]),
+                |(q_row, vkq, scores), (row_idx, out_chunk)| {
+                    // Decode flat index back to (batch, head, q_pos)
+                    let rows_per_batch = h * q_len;
+                    let b_i = row_idx / rows_per_batch;
+                    let rem = row_idx % rows_per_batch;
+                    let h_i = rem / q_len;
+                    let q_pos = rem % q_len;
 
-                let slope = if max_bias > 0.0 {
-                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                } else {
-                    1.0
-                };
-
-                let k_head = h_i / rk2;
-                let v_head = h_i / rv2;
-
-                let mut vkq = vec![0f32; dv];
-                let mut s = 0.0f32;
-                let mut m = f32::NEG_INFINITY;
-
-                // Q row
-                let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
-                let q_row = &q_data[q_base..q_base + d];
-
-                for kv_pos in 0..kv_len {
-                    // -------- ping‑pong prefetch of next KV row --------
-                    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                    {
-                        let next_pos = kv_pos + 1;
-                        if next_pos < kv_len {
-                            let next_k_base =
-                                b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                            let next_v_base =
-                                b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                            unsafe {
-                                prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                            }
-                        }
-                    }
-                    // ----------------------------------------------------
-                    // Mask (optional)
-                    let mv = mask_info
-                        .as_ref()
-                        .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                        .unwrap_or(0.0);
-                    if mv == f32::NEG_INFINITY {
-                        continue;
-                    }
-
-                    // K row
-                    let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                    let k_row = &k_data[k_base..k_base + d];
-
-                    // dot(Q, K)
-                    let mut s_val = vec_dot_f32(q_row, k_row);
-                    let mut scale_applied = scale;
-                    if logit_softcap != 0.0 {
-                        scale_applied /= logit_softcap;
-                    }
-                    s_val *= scale_applied;
-                    if logit_softcap != 0.0 {
-                        s_val = logit_softcap * s_val.tanh();
-                    }
-                    s_val += mv;
-
-                    // online softmax
-                    let m_old = m;
-                    let mut ms = 1.0f32;
-                    let mut vs = 1.0f32;
-                    if s_val > m {
-                        m = s_val;
-                        ms = (m_old - m).exp();
-                        for v in vkq.iter_mut() {
-                            *v *= ms;
-                        }
+                    let slope = if max_bias > 0.0 {
+                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
                     } else {
-                        vs = (s_val - m).exp();
+                        1.0
+                    };
+
+                    let k_head = h_i / rk2;
+                    let v_head = h_i / rv2;
+                    let k_rows = &kf[(b_i * k_h + k_head) * kv_len * d..][..kv_len * d];
+                    let v_rows = &vf[(b_i * v_h + v_head) * kv_len * dv..][..kv_len * dv];
+
+                    let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
+                    T::widen(&q_data[q_base..q_base + d], q_row);
+                    vkq.fill(0.0);
+                    let mut s = 0.0f32;
+                    let mut m = f32::NEG_INFINITY;
+
+                    for start in (0..kv_len).step_by(CHUNK_KV) {
+                        let n = CHUNK_KV.min(kv_len - start);
+                        for (j, score) in scores[..n].iter_mut().enumerate() {
+                            let kv_pos = start + j;
+                            let mv = mask_info
+                                .as_ref()
+                                .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
+                                .unwrap_or(0.0);
+                            *score = if mv == f32::NEG_INFINITY {
+                                f32::NEG_INFINITY
+                            } else {
+                                let k_row = &k_rows[kv_pos * d..][..d];
+                                logit(q_row, k_row, scale, logit_softcap) + mv
+                            };
+                        }
+                        softmax_accumulate(
+                            &scores[..n],
+                            &v_rows[start * dv..(start + n) * dv],
+                            dv,
+                            vkq,
+                            &mut s,
+                            &mut m,
+                        );
                     }
 
-                    // V row (strided) as f32
-                    let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    for d_i in 0..dv {
-                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
+                    // final normalisation + downcast
+                    let inv_s = if s > 0.0 { 1.0 / s } else { 0.0 };
+                    for (o, v) in out_chunk.iter_mut().zip(vkq.iter()) {
+                        *o = T::cast(*v * inv_s);
                     }
-
-                    s = s * ms + vs;
-                }
-
-                // final normalisation + downcast
-                let inv_s = 1.0 / s;
-                for (o, v) in out_chunk.iter_mut().zip(vkq.iter()) {
-                    *o = T::cast(*v * inv_s);
-                }
-            });
+                },
+            );
     });
 
     let out_shape = (b, h, q_len, dv);

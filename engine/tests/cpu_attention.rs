@@ -1,0 +1,247 @@
+//! mistral.rs's CPU attention (`Sdpa::run_attention` on the CPU device, the kernels in
+//! vendor/mistralrs-core/src/attention/backends/cpu.rs that aiaas patches) against attention
+//! written out here with plain candle operations in f32: a decoding step (one query row per
+//! sequence, several sequences in a batch, as continuous batching runs them) and prompts (many
+//! query rows, a causal mask, a prompt continuing a cached prefix), with grouped-query heads,
+//! K/V read through a strided view of a larger cache, padding masks, logit soft-capping, and
+//! every activation dtype the engine uses on CPU (f32, f16, bf16).
+
+#![allow(clippy::unwrap_used)]
+
+use candle_core::{DType, Device, Tensor, D};
+use mistralrs_core::layers::{Sdpa, SdpaParams};
+
+/// Deterministic values in [-2, 2) without a random-number dependency.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+struct Case {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    head_dim: usize,
+    softcap: Option<f32>,
+    /// Mask of shape (batch, 1, q_len, kv_len) or (q_len, kv_len), `-inf` where masked.
+    mask: Option<Tensor>,
+}
+
+/// Attention in f32 with candle's matmul and softmax: the reference.
+fn reference(q: &Tensor, k: &Tensor, v: &Tensor, case: &Case, scale: f32) -> Tensor {
+    let groups = case.heads / case.kv_heads;
+    let repeat = |t: &Tensor| {
+        let (b, kh, len, d) = t.dims4().unwrap();
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .unsqueeze(2)
+            .unwrap()
+            .expand((b, kh, groups, len, d))
+            .unwrap()
+            .reshape((b, kh * groups, len, d))
+            .unwrap()
+    };
+    let q = q.to_dtype(DType::F32).unwrap();
+    let (k, v) = (repeat(k), repeat(v));
+    let mut att = (q.matmul(&k.t().unwrap()).unwrap() * f64::from(scale)).unwrap();
+    if let Some(cap) = case.softcap {
+        att = ((att / f64::from(cap)).unwrap().tanh().unwrap() * f64::from(cap)).unwrap();
+    }
+    if let Some(mask) = &case.mask {
+        att = att
+            .broadcast_add(&mask.to_dtype(DType::F32).unwrap())
+            .unwrap();
+    }
+    let att = candle_nn::ops::softmax(&att, D::Minus1).unwrap();
+    att.matmul(&v).unwrap()
+}
+
+/// Runs `case` in `dtype` through the engine's CPU attention and the reference; returns the
+/// largest absolute difference.
+fn max_difference(case: &Case, dtype: DType) -> f32 {
+    let device = Device::Cpu;
+    let (b, h, kh, d) = (case.batch, case.heads, case.kv_heads, case.head_dim);
+    let q = Tensor::from_vec(
+        values(b * h * case.q_len * d, 1),
+        (b, h, case.q_len, d),
+        &device,
+    )
+    .unwrap()
+    .to_dtype(dtype)
+    .unwrap();
+    // K and V as a KV cache holds them: a view of the first `kv_len` positions of a larger
+    // buffer, so rows are strided.
+    let capacity = case.kv_len + 11;
+    let cache = |seed| {
+        Tensor::from_vec(
+            values(b * kh * capacity * d, seed),
+            (b, kh, capacity, d),
+            &device,
+        )
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+        .narrow(2, 0, case.kv_len)
+        .unwrap()
+    };
+    let (k, v) = (cache(2), cache(3));
+    let scale = 1.0 / (d as f32).sqrt();
+    let params = SdpaParams {
+        n_kv_groups: h / kh,
+        softcap: case.softcap,
+        softmax_scale: scale,
+        sliding_window: None,
+        sinks: None,
+    };
+    let mask = case.mask.as_ref().map(|m| m.to_dtype(dtype).unwrap());
+    let got = Sdpa
+        .run_attention(&q, &k, &v, mask.as_ref(), None, &params)
+        .unwrap();
+    assert_eq!(got.dims(), &[b, h, case.q_len, d]);
+    let expected = reference(&q, &k, &v, case, scale);
+    let got = got.to_dtype(DType::F32).unwrap();
+    let diff = (got - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff.is_finite(), "non-finite output");
+    diff
+}
+
+fn check(case: &Case) {
+    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
+        let diff = max_difference(case, dtype);
+        assert!(
+            diff <= tolerance,
+            "{dtype:?}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
+            case.batch,
+            case.heads,
+            case.kv_heads,
+            case.q_len,
+            case.kv_len,
+            case.head_dim
+        );
+    }
+}
+
+fn causal_mask(q_len: usize, kv_len: usize) -> Tensor {
+    // Query row i sits at position kv_len - q_len + i and sees every position up to it.
+    let offset = kv_len - q_len;
+    let data: Vec<f32> = (0..q_len)
+        .flat_map(|i| {
+            (0..kv_len).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (q_len, kv_len), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn decoding_a_batch_gives_each_sequence_its_own_attention() {
+    // Three sequences with different K and V: each must get its own output, not another's.
+    check(&Case {
+        batch: 3,
+        heads: 6,
+        kv_heads: 2,
+        q_len: 1,
+        kv_len: 37,
+        head_dim: 64,
+        softcap: None,
+        mask: None,
+    });
+}
+
+#[test]
+fn decoding_one_sequence_over_a_long_context() {
+    check(&Case {
+        batch: 1,
+        heads: 9,
+        kv_heads: 3,
+        q_len: 1,
+        kv_len: 300,
+        head_dim: 64,
+        softcap: None,
+        mask: None,
+    });
+}
+
+#[test]
+fn decoding_with_padding_masks_softcap_and_odd_head_sizes() {
+    // Sequence 1 is shorter: its first 20 positions are padding.
+    let (batch, kv_len) = (2, 45);
+    let data: Vec<f32> = (0..batch)
+        .flat_map(|b| {
+            (0..kv_len).map(move |j| {
+                if b == 1 && j < 20 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(data, (batch, 1, 1, kv_len), &Device::Cpu).unwrap();
+    check(&Case {
+        batch,
+        heads: 4,
+        kv_heads: 4,
+        q_len: 1,
+        kv_len,
+        head_dim: 36,
+        softcap: Some(5.0),
+        mask: Some(mask),
+    });
+}
+
+#[test]
+fn a_prompt_with_a_causal_mask() {
+    for (q_len, head_dim) in [(9, 64), (70, 64), (17, 20)] {
+        check(&Case {
+            batch: 2,
+            heads: 6,
+            kv_heads: 2,
+            q_len,
+            kv_len: q_len,
+            head_dim,
+            softcap: None,
+            mask: Some(causal_mask(q_len, q_len)),
+        });
+    }
+}
+
+#[test]
+fn a_prompt_continuing_a_cached_prefix() {
+    // Five new tokens after 140 cached ones (a prefix-cache hit, or a chat's next turn).
+    check(&Case {
+        batch: 1,
+        heads: 9,
+        kv_heads: 3,
+        q_len: 5,
+        kv_len: 145,
+        head_dim: 64,
+        softcap: None,
+        mask: Some(causal_mask(5, 145)),
+    });
+}
