@@ -35,6 +35,10 @@ struct Args {
     /// Approximate prompt length in words.
     #[arg(long, default_value_t = 32)]
     prompt_words: usize,
+    /// Vary prompt lengths: request `i` adds `i % (spread + 1)` words to `--prompt-words`, so
+    /// concurrent sequences have different lengths (as real traffic does).
+    #[arg(long, default_value_t = 0)]
+    prompt_spread: usize,
     /// Warm-up requests before measuring.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -173,7 +177,7 @@ fn prompt(words: usize, salt: usize) -> String {
 async fn one_request(client: &reqwest::Client, args: &Args, salt: usize) -> anyhow::Result<Sample> {
     let body = serde_json::json!({
         "model": args.model,
-        "messages": [{"role": "user", "content": prompt(args.prompt_words, salt)}],
+        "messages": [{"role": "user", "content": prompt(args.prompt_words + salt % (args.prompt_spread + 1), salt)}],
         "max_tokens": args.max_tokens,
         "temperature": 0,
         "stream": true,
