@@ -687,11 +687,11 @@ async fn eight_concurrent_streams_all_complete_with_correct_usage() {
     }
 }
 
-/// Sequences of different lengths decode in one batch (ragged decoding, vendored mistral.rs
-/// patch item 7) and each still gets exactly the tokens it gets alone: four prompts of different
-/// lengths with different output limits (so the batch changes as they finish), at temperature 0,
-/// first one at a time, then all together, twice. Upstream batched only equal lengths; a CPU
-/// attention bug it had gave every sequence of a batch the last one's attention (item 6).
+/// A request decoded in a batch with others gets exactly the tokens it gets alone: four prompts
+/// of different lengths with different output limits (so batches form as shorter sequences catch
+/// up, and change as they finish), at temperature 0, first one at a time, then all together,
+/// twice. Upstream mistral.rs's CPU attention gave every sequence of a batch the last one's
+/// attention (vendored patch item 6, vendor/mistralrs-core/AIAAS-PATCH.md).
 #[tokio::test]
 async fn requests_decoded_together_get_the_tokens_they_get_alone() {
     let app = spawn_app();
@@ -739,7 +739,7 @@ async fn requests_decoded_together_get_the_tokens_they_get_alone() {
             assert_eq!(answer(&v), alone[i], "request {i}, round {round}");
         }
     }
-    // A safetensors model takes the same path (its batched matmuls may round differently from
+    // A safetensors model batches the same way (its batched matmuls may round differently from
     // one row's, so only completion is checked there).
     let tasks: Vec<_> = requests
         .iter()

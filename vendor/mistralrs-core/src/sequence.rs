@@ -556,9 +556,6 @@ pub struct Sequence {
     // Unified reasoning parser (think tags, channel tags, or Harmony)
     reasoning_parser: Option<Box<dyn ReasoningParser>>,
     reasoning_mode: Option<ReasoningMode>,
-    // aiaas patch: positions of padding at the front of this sequence's normal KV cache (see
-    // `NormalCacheManager::clone_in_cache`: sequences of different lengths decode in one batch).
-    aiaas_kv_pad: usize,
 }
 
 impl Sequence {
@@ -610,7 +607,6 @@ impl Sequence {
             timestamp,
             state: RwLock::new(SequenceState::Waiting),
             normal_cache: vec![None; layers],
-            aiaas_kv_pad: 0,
             normal_draft_cache: vec![None; layers],
             cache: vec![None; layers],
             draft_cache: vec![None; layers],
@@ -832,16 +828,6 @@ impl Sequence {
 
     pub fn normal_cache(&mut self) -> &mut Vec<Option<KvCache>> {
         &mut self.normal_cache
-    }
-
-    /// aiaas patch: positions of padding at the front of this sequence's normal KV cache.
-    pub fn kv_pad(&self) -> usize {
-        self.aiaas_kv_pad
-    }
-
-    /// aiaas patch: set when the sequence's KV cache is placed in a batch behind padding.
-    pub fn set_kv_pad(&mut self, pad: usize) {
-        self.aiaas_kv_pad = pad;
     }
 
     pub fn normal_draft_cache(&mut self) -> &mut Vec<Option<KvCache>> {

@@ -8,7 +8,6 @@ mod backends;
 
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
-pub(crate) use backends::{clear_kv_padding, set_kv_padding};
 
 /// Chunk size for attention computation to avoid OOM on long sequences
 pub(crate) const ATTENTION_CHUNK_SIZE: usize = 1024;
@@ -114,11 +113,6 @@ impl Sdpa {
         flash_params: Option<&FlashParams>,
         sdpa_params: &SdpaParams,
     ) -> Result<Tensor> {
-        // aiaas patch: a batch whose KV caches are padded (ragged decoding) is only correct in
-        // the CPU kernel, which skips the padding; refuse any other path rather than attend to it.
-        if cpu::kv_padding_active() && (sdpa_params.sinks.is_some() || !q.device().is_cpu()) {
-            candle_core::bail!("a padded KV batch needs the CPU attention kernel");
-        }
         // If sinks are present, dispatch to the sinks backend
         if let Some(sinks) = &sdpa_params.sinks {
             return sinks_attn(q, k, v, sinks, mask, flash_params, sdpa_params);
@@ -176,10 +170,6 @@ impl Sdpa {
         mask: Option<&Tensor>,
         sdpa_params: &SdpaParams,
     ) -> Result<Tensor> {
-        // aiaas patch: see `run_attention`.
-        if cpu::kv_padding_active() {
-            candle_core::bail!("a padded KV batch needs the CPU attention kernel");
-        }
         let (b_sz, n_attn_heads, seq_len, head_dim) = q.dims4()?;
         let (_, _, _, k_head_dim) = k.dims4()?;
         let (_, _, _, v_head_dim) = v.dims4()?;

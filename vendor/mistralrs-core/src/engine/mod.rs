@@ -222,38 +222,6 @@ impl Engine {
 
         let has_paged_attention = get_mut_arcmutex!(scheduler).kv_cache_manager().is_some();
 
-        // aiaas patch: let decoding sequences of different lengths run in one batch where the
-        // pipeline can pad their KV caches (see `NormalCacheManager::clone_in_cache`): a text
-        // model on CPU (whose attention skips the padding), a normal cache of full-attention
-        // layers only, no prefix cache (it would keep padded caches), no X-LoRA.
-        // `AIAAS_RAGGED_DECODE=off` keeps upstream's batching by length.
-        let ragged_decode = {
-            let pipeline = get_mut_arcmutex!(pipeline);
-            // Checked first: other pipelines (embeddings, ...) have no cache to ask for.
-            let text = matches!(pipeline.category(), ModelCategory::Text);
-            let cache_fits = text
-                && match pipeline.cache() {
-                crate::kv_cache::EitherCache::Normal(cache) => cache
-                    .lock()
-                    .map(|cache| {
-                        cache
-                            .0
-                            .iter()
-                            .all(|layer| matches!(layer, crate::kv_cache::KvCache::Normal { .. }))
-                    })
-                    .unwrap_or(false),
-                _ => false,
-            };
-            cache_fits
-                && !no_kv_cache
-                && no_prefix_cache
-                && !has_paged_attention
-                && !pipeline.get_metadata().is_xlora
-                && pipeline.device().is_cpu()
-                && std::env::var("AIAAS_RAGGED_DECODE").map_or(true, |v| v != "off")
-        };
-        get_mut_arcmutex!(scheduler).set_ragged_decode(ragged_decode);
-
         Ok(Self {
             tx,
             rx: Arc::new(Mutex::new(rx)),

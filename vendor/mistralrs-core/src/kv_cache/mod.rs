@@ -260,107 +260,6 @@ impl NormalCache {
 
 pub struct NormalCacheManager;
 
-/// aiaas patch: the length of each sequence's cached context (its normal cache's length minus
-/// the padding in front of it), when every layer of every sequence is a full-attention cache
-/// holding data; `None` otherwise.
-fn cached_lengths(seqs: &mut [&mut crate::sequence::Sequence]) -> Option<Vec<usize>> {
-    let mut lengths = Vec::with_capacity(seqs.len());
-    for seq in seqs.iter_mut() {
-        let pad = seq.kv_pad();
-        let mut length = None;
-        for layer in seq.normal_cache().iter() {
-            let Some(KvCache::Normal { k, .. }) = layer else {
-                return None;
-            };
-            k.all_data.as_ref()?;
-            let len = k.current_seq_len.checked_sub(pad)?;
-            if length.is_some_and(|l| l != len) {
-                return None;
-            }
-            length = Some(len);
-        }
-        lengths.push(length?);
-    }
-    Some(lengths)
-}
-
-/// aiaas patch: ragged decoding. Upstream batches only sequences whose caches have the same
-/// length (the scheduler runs the shortest ones alone until they catch up), because all
-/// sequences of a batch share one KV tensor and one write position. Here each sequence's cached
-/// K/V is placed at the end of the longest one's, behind zeros: every sequence then appends at
-/// the same position. The number of zeros is kept on the sequence (`Sequence::kv_pad`), the
-/// pipeline hands the paddings to the CPU attention for the step (`set_kv_padding`), and the
-/// attention starts each sequence after its padding, so its sums run exactly as when it decodes
-/// alone. Positions (RoPE) come from each sequence's own token count, not from the cache.
-fn clone_in_ragged<T: CacheManagerMixin + MetadataMixin + ?Sized>(
-    pipeline: &T,
-    seqs: &mut [&mut crate::sequence::Sequence],
-    lengths: &[usize],
-) -> candle_core::Result<()> {
-    let longest = lengths.iter().copied().max().unwrap_or(0);
-    let layers = pipeline.get_metadata().num_hidden_layers;
-    let mut caches = Vec::with_capacity(layers);
-    for layer in 0..layers {
-        let mut capacity = longest;
-        let mut template = None;
-        for seq in seqs.iter_mut() {
-            if let Some(KvCache::Normal { k, .. }) = &seq.normal_cache()[layer] {
-                capacity = capacity.max(k.capacity_seq_len);
-                template = Some((k.dim, k.max_seq_len));
-            }
-        }
-        let Some((dim, max_seq_len)) = template else {
-            candle_core::bail!("ragged batch: layer {layer} has no cache");
-        };
-        let mut ks = Vec::with_capacity(seqs.len());
-        let mut vs = Vec::with_capacity(seqs.len());
-        for (seq, &len) in seqs.iter_mut().zip(lengths) {
-            let pad = seq.kv_pad();
-            let Some(KvCache::Normal { k, v }) = &seq.normal_cache()[layer] else {
-                candle_core::bail!("ragged batch: layer {layer} is not a full-attention cache");
-            };
-            for (cache, out) in [(k, &mut ks), (v, &mut vs)] {
-                let Some(data) = cache.all_data.as_ref() else {
-                    candle_core::bail!("ragged batch: layer {layer} holds no data");
-                };
-                let data = data.narrow(dim, pad, len)?;
-                let zeros = |n: usize| {
-                    let mut shape = data.dims().to_vec();
-                    shape[dim] = n;
-                    Tensor::zeros(shape, data.dtype(), data.device())
-                };
-                let mut parts = Vec::with_capacity(3);
-                if longest > len {
-                    parts.push(zeros(longest - len)?);
-                }
-                parts.push(data.clone());
-                if capacity > longest {
-                    parts.push(zeros(capacity - longest)?);
-                }
-                out.push(Tensor::cat(&parts, dim)?);
-            }
-        }
-        let single = |data: Tensor| SingleCache {
-            all_data: Some(data),
-            dim,
-            current_seq_len: longest,
-            max_seq_len,
-            capacity_seq_len: capacity,
-        };
-        // `cat` of a single part, or along an inner dimension, can return a strided view; the
-        // cache appends in place and needs contiguous storage.
-        caches.push(KvCache::Normal {
-            k: single(Tensor::cat(&ks, 0)?.contiguous()?),
-            v: single(Tensor::cat(&vs, 0)?.contiguous()?),
-        });
-    }
-    for (seq, &len) in seqs.iter_mut().zip(lengths) {
-        seq.set_kv_pad(longest - len);
-    }
-    *pipeline.cache().normal() = NormalCache(caches);
-    Ok(())
-}
-
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
     fn clone_in_cache(
         &self,
@@ -368,19 +267,6 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         seqs: &mut [&mut crate::sequence::Sequence],
         modify_draft_cache: bool,
     ) {
-        // aiaas patch: sequences of different lengths, or with padding from an earlier batch,
-        // go through `clone_in_ragged` (only the engine's ragged decoding lets them meet here).
-        if !modify_draft_cache && seqs.iter().all(|seq| seq.is_completion()) {
-            if let Some(lengths) = cached_lengths(seqs) {
-                let ragged = seqs.iter().any(|seq| seq.kv_pad() > 0)
-                    || lengths.iter().any(|&len| len != lengths[0]);
-                if ragged {
-                    clone_in_ragged(pipeline, seqs, &lengths)
-                        .expect("placing sequences of different lengths in one KV batch");
-                    return;
-                }
-            }
-        }
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
 

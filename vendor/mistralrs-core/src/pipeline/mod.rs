@@ -502,20 +502,8 @@ pub trait Pipeline:
                         }
                     }
 
-                    // aiaas patch: the padding in front of each sequence's KV cache when sequences
-                    // of different lengths decode together (`NormalCacheManager::clone_in_cache`);
-                    // the CPU attention skips it.
-                    let pads: Vec<usize> = input_seqs.iter().map(|seq| seq.kv_pad()).collect();
-                    let padded = !is_prompt && pads.iter().any(|&pad| pad > 0);
-                    if padded {
-                        crate::attention::set_kv_padding(pads);
-                    }
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits);
-                    if padded {
-                        crate::attention::clear_kv_padding();
-                    }
-                    let raw_logits = raw_logits?;
+                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

@@ -72,10 +72,7 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 type BucketKey = (usize, bool, usize);
 
-/// aiaas patch: `ragged` lets decoding sequences of different lengths share a bucket.
-struct FixedBucketingManager {
-    ragged: bool,
-}
+struct FixedBucketingManager;
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -90,34 +87,44 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         // Now, get the sequences with the smallest sequence lengths, and allow them to catch up.
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
-        let ragged = self.ragged;
-        // aiaas patch: with ragged decoding, every decoding sequence shares one bucket whatever
-        // its length (prompts are still bucketed by length and prefix offset).
-        let key = |seq: &Sequence| -> BucketKey {
-            if ragged && seq.is_completion() {
-                (usize::MAX, false, 0)
-            } else {
-                (
-                    seq.len(),
-                    seq.images().is_some() && seq.is_prompt(),
-                    seq.token_offset(),
-                )
-            }
-        };
         for seq in running {
-            let bucket_key = key(&seq);
-            match seq_buckets.get_mut(&bucket_key) {
+            let len = seq.len();
+            match seq_buckets.get_mut(&(
+                len,
+                seq.images().is_some() && seq.is_prompt(),
+                seq.token_offset(),
+            )) {
                 Some(bucket) => {
                     if !discrete {
-                        *seq_priorities.get_mut(&bucket_key).unwrap() += seq.compute_priority();
+                        *seq_priorities
+                            .get_mut(&(
+                                len,
+                                seq.images().is_some() && seq.is_prompt(),
+                                seq.token_offset(),
+                            ))
+                            .unwrap() += seq.compute_priority();
                     }
                     bucket.push(seq);
                 }
                 None => {
                     if !discrete {
-                        seq_priorities.insert(bucket_key, seq.compute_priority());
+                        seq_priorities.insert(
+                            (
+                                len,
+                                seq.images().is_some() && seq.is_prompt(),
+                                seq.token_offset(),
+                            ),
+                            seq.compute_priority(),
+                        );
                     }
-                    seq_buckets.insert(bucket_key, vec![seq]);
+                    seq_buckets.insert(
+                        (
+                            len,
+                            seq.images().is_some() && seq.is_prompt(),
+                            seq.token_offset(),
+                        ),
+                        vec![seq],
+                    );
                 }
             }
         }
@@ -173,7 +180,7 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager { ragged: false }),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
         };
         Self {
             running: Vec::new(),
@@ -339,10 +346,5 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
-    }
-    fn set_ragged_decode(&mut self, enabled: bool) {
-        self.bucketing_manager = match self.method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager { ragged: enabled }),
-        };
     }
 }

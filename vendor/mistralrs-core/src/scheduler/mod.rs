@@ -69,9 +69,4 @@ pub trait Scheduler: Send + Sync {
     /// Set whether prefix caching is enabled. Called by Engine after creation
     /// to synchronize with the global no_prefix_cache setting.
     fn set_prefix_caching_enabled(&mut self, enabled: bool);
-
-    /// aiaas patch: whether decoding sequences of different lengths may run in one batch (the
-    /// pipeline places their KV caches behind padding that the CPU attention skips). Only the
-    /// default scheduler batches by length; the others ignore this.
-    fn set_ragged_decode(&mut self, _enabled: bool) {}
 }

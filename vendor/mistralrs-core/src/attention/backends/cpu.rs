@@ -53,29 +53,6 @@ fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-thread_local! {
-    /// aiaas patch: for the forward pass this thread is running, the number of padding positions
-    /// at the front of each batch entry's K and V (see `NormalCacheManager::clone_in_cache`);
-    /// empty when no entry is padded.
-    static KV_PADDING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// aiaas patch: sets the padding of each batch entry for the forward passes this thread runs
-/// next, until `clear_kv_padding`.
-pub(crate) fn set_kv_padding(pads: Vec<usize>) {
-    KV_PADDING.with(|p| *p.borrow_mut() = pads);
-}
-
-/// aiaas patch: no batch entry is padded any more.
-pub(crate) fn clear_kv_padding() {
-    KV_PADDING.with(|p| p.borrow_mut().clear());
-}
-
-/// aiaas patch: whether a padded batch is being run on this thread.
-pub(crate) fn kv_padding_active() -> bool {
-    KV_PADDING.with(|p| p.borrow().iter().any(|&pad| pad > 0))
-}
-
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
@@ -600,13 +577,7 @@ where
     let (b, _q_len, h, d) = (qshape[0], qshape[1], qshape[2], qshape[3]);
     let kv_len = kshape[1];
     let dv = d;
-    // Padding positions at the front of each batch entry; its tiles start after them, so an
-    // entry's sums run in the same order as when it decodes alone.
-    let pads: Vec<usize> = KV_PADDING.with(|p| {
-        let p = p.borrow();
-        (0..b).map(|i| p.get(i).copied().unwrap_or(0).min(kv_len)).collect()
-    });
-    let kv_tiles = (kv_len - pads.iter().copied().min().unwrap_or(0)).div_ceil(TILE_KV);
+    let kv_tiles = kv_len.div_ceil(TILE_KV);
 
     // --- head tiling factors and softmax helper -----------------------
     let k_h = kshape[2];
@@ -649,14 +620,12 @@ where
                 let mut vbuf = vec![0f32; TILE_KV * dv];
                 let mut scores = [0f32; TILE_KV];
 
+                let start = tile_idx * TILE_KV;
+                let end = (start + TILE_KV).min(kv_len);
+                let n = end - start;
+                let (kbuf, vbuf) = (&mut kbuf[..n * d], &mut vbuf[..n * dv]);
+
                 for b_i in 0..b {
-                    let start = pads[b_i] + tile_idx * TILE_KV;
-                    if start >= kv_len {
-                        continue;
-                    }
-                    let end = (start + TILE_KV).min(kv_len);
-                    let n = end - start;
-                    let (kbuf, vbuf) = (&mut kbuf[..n * d], &mut vbuf[..n * dv]);
                     let mut k_loaded = usize::MAX;
                     let mut v_loaded = usize::MAX;
                     for h_i in 0..h {
@@ -809,11 +778,6 @@ where
     let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
 
     let mut out = vec![T::cast(0.0); b * q_len * h * dv];
-
-    // aiaas patch: padded batches are decoding steps only (one query row per entry).
-    if kv_padding_active() {
-        candle_core::bail!("a padded KV batch reached the multi-row CPU attention");
-    }
 
     assert_eq!(qstride[3], 1, "q must have contiguous rows");
     assert_eq!(kstride[3], 1, "k must have contiguous rows");

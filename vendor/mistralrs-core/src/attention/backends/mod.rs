@@ -6,5 +6,3 @@ mod sinks;
 pub(crate) use flash::flash_attn;
 pub(crate) use naive::{maybe_synchronize, naive_sdpa};
 pub(crate) use sinks::sinks_attn;
-// aiaas patch: ragged decoding (padded KV batches) on CPU.
-pub(crate) use cpu::{clear_kv_padding, set_kv_padding};
