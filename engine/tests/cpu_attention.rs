@@ -11,18 +11,13 @@
 use candle_core::{DType, Device, Tensor, D};
 use mistralrs_core::layers::{Sdpa, SdpaParams};
 
-/// Deterministic values in [-2, 2) without a random-number dependency.
+mod common;
+
+/// Deterministic values in [-2, 2): twice `common::values` (exact in f32).
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
+    common::values(len, seed)
+        .into_iter()
+        .map(|v| v * 2.0)
         .collect()
 }
 

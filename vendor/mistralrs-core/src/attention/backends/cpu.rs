@@ -113,9 +113,9 @@ impl WidenF32 for f16 {
     }
 }
 
-/// aiaas patch: `f32` kernels of the attention loops: dot product, `y += a·x` and `y *= a`.
-/// With AVX2 + FMA (x86-64-v3 builds) they run eight lanes per instruction with two independent
-/// accumulators; elsewhere they are plain loops.
+/// aiaas patch: `f32` kernels of the attention loops: dot product and `y += a·x` (`y *= a` is
+/// `scale_in_place`, a plain loop). With AVX2 + FMA (x86-64-v3 builds) they run eight lanes per
+/// instruction with two independent accumulators; elsewhere they are plain loops.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod lanes {
     use core::arch::x86_64::*;
@@ -174,13 +174,6 @@ mod lanes {
             y[j] += a * x[j];
         }
     }
-
-    #[inline]
-    pub(super) fn scale(y: &mut [f32], a: f32) {
-        for v in y.iter_mut() {
-            *v *= a;
-        }
-    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
@@ -205,12 +198,13 @@ mod lanes {
             *v += a * x;
         }
     }
+}
 
-    #[inline]
-    pub(super) fn scale(y: &mut [f32], a: f32) {
-        for v in y.iter_mut() {
-            *v *= a;
-        }
+/// aiaas patch: `y *= a`.
+#[inline]
+fn scale_in_place(y: &mut [f32], a: f32) {
+    for v in y.iter_mut() {
+        *v *= a;
     }
 }
 
@@ -227,7 +221,7 @@ fn softmax_accumulate(scores: &[f32], v: &[f32], dv: usize, acc: &mut [f32], s: 
     if chunk_max > *m {
         if *m != f32::NEG_INFINITY {
             let factor = (*m - chunk_max).exp();
-            lanes::scale(acc, factor);
+            scale_in_place(acc, factor);
             *s *= factor;
         }
         *m = chunk_max;
@@ -616,14 +610,12 @@ where
             .zip(scratch_m.par_chunks_mut(slots))
             .enumerate()
             .for_each(|(tile_idx, ((tile_acc, tile_s), tile_m))| {
-                let mut kbuf = vec![0f32; TILE_KV * d];
-                let mut vbuf = vec![0f32; TILE_KV * dv];
-                let mut scores = [0f32; TILE_KV];
-
                 let start = tile_idx * TILE_KV;
                 let end = (start + TILE_KV).min(kv_len);
                 let n = end - start;
-                let (kbuf, vbuf) = (&mut kbuf[..n * d], &mut vbuf[..n * dv]);
+                let mut kbuf = vec![0f32; n * d];
+                let mut vbuf = vec![0f32; n * dv];
+                let mut scores = [0f32; TILE_KV];
 
                 for b_i in 0..b {
                     let mut k_loaded = usize::MAX;
@@ -669,7 +661,7 @@ where
                         }
                         softmax_accumulate(
                             &scores[..n],
-                            vbuf,
+                            &vbuf,
                             dv,
                             &mut tile_acc[slot * dv..][..dv],
                             &mut tile_s[slot],
@@ -701,7 +693,7 @@ where
                 s += s_b * factor;
             } else {
                 let factor = (m - m_b).exp();
-                lanes::scale(&mut vkq, factor);
+                scale_in_place(&mut vkq, factor);
                 lanes::axpy(&mut vkq, 1.0, vkq_b);
                 s = s * factor + s_b;
                 m = m_b;
