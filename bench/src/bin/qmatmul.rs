@@ -1,0 +1,140 @@
+//! `aiaas-qmatmul`: the quantized matmuls of one transformer layer of the demo model
+//! (SmolLM2-135M: hidden 576, MLP 1536, 9 query and 3 key/value heads of 64), as candle runs
+//! them on CPU, timed for one input row (one sequence decoding), a batch (sequences decoded
+//! together) and a prompt's rows.
+//!
+//! Prints, per quantisation type and row count, the median time of one layer's seven matmuls
+//! over several runs, per row, and the multiply-adds per second that makes. The weights are
+//! random; speed does not depend on their values.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Quantized matmul micro-benchmark (one layer of the demo model)")]
+struct Args {
+    /// Comma-separated input row counts.
+    #[arg(long, default_value = "1,8,128", value_delimiter = ',')]
+    rows: Vec<usize>,
+    /// Comma-separated quantisation types (q4_1, q4_0, q8_0; the K-quants need widths divisible by 256, which 576 is not).
+    #[arg(long, default_value = "q4_1", value_delimiter = ',')]
+    dtypes: Vec<String>,
+    /// Timed runs per case (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    runs: usize,
+    /// Threads of the pool the matmuls run in (default: as many as candle uses, at least 2).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Milliseconds of work per timed run (whole layers, at least one).
+    #[arg(long, default_value_t = 200)]
+    run_ms: u64,
+}
+
+/// (input width, output width) of the seven matmuls of one layer.
+const LAYER: [(usize, usize); 7] = [
+    (576, 576),  // q
+    (576, 192),  // k
+    (576, 192),  // v
+    (576, 576),  // o
+    (576, 1536), // gate
+    (576, 1536), // up
+    (1536, 576), // down
+];
+
+fn dtype(name: &str) -> Result<GgmlDType> {
+    Ok(match name {
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q8_0" => GgmlDType::Q8_0,
+        other => anyhow::bail!("unknown quantisation type {other}"),
+    })
+}
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // As mistral.rs's engine thread runs the model (aiaas's patch): as worker 0 of a rayon
+    // pool of its own, so each matmul forks and joins from inside the pool.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| candle_core::utils::get_num_threads().max(2));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .use_current_thread()
+        .build()?
+        .install(|| run(&args))
+}
+
+fn run(args: &Args) -> Result<()> {
+    let device = Device::Cpu;
+    let macs_per_row: usize = LAYER.iter().map(|(k, n)| k * n).sum();
+    println!("| type | rows | layer ms (median) | per row µs | GMAC/s |");
+    println!("|---|---|---|---|---|");
+    for name in &args.dtypes {
+        let dtype = dtype(name)?;
+        let mats = LAYER
+            .iter()
+            .enumerate()
+            .map(|(i, &(k, n))| {
+                let w = Tensor::from_vec(values(n * k, i as u64 + 1), (n, k), &device)?;
+                QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for &rows in &args.rows {
+            let inputs = LAYER
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, _))| {
+                    Tensor::from_vec(values(rows * k, 100 + i as u64), (rows, k), &device)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let layer = || -> candle_core::Result<()> {
+                for (m, x) in mats.iter().zip(&inputs) {
+                    std::hint::black_box(m.forward(x)?);
+                }
+                Ok(())
+            };
+            // Warm up, then size a run to about run_ms.
+            let start = Instant::now();
+            layer()?;
+            let one = start.elapsed().as_secs_f64().max(1e-6);
+            let per_run = ((args.run_ms as f64 / 1e3 / one) as usize).max(1);
+            let mut times: Vec<f64> = (0..args.runs)
+                .map(|_| {
+                    let start = Instant::now();
+                    for _ in 0..per_run {
+                        layer()?;
+                    }
+                    Ok(start.elapsed().as_secs_f64() / per_run as f64)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            println!(
+                "| {name} | {rows} | {:.3} | {:.1} | {:.1} |",
+                median * 1e3,
+                median * 1e6 / rows as f64,
+                (macs_per_row * rows) as f64 / median / 1e9
+            );
+        }
+    }
+    Ok(())
+}
