@@ -56,7 +56,7 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let d = _mm256_mul_ps(block_scale(&x.d), block_scale(&y.d));
             let bx = bytes_from_nibbles_32(x.qs.as_ptr());
             let off = _mm256_set1_epi8(8);
             let bx = _mm256_sub_epi8(bx, off);
@@ -68,10 +68,33 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+// aiaas patch: one f16 scale as f32 in all eight lanes. It is broadcast as an f16 first
+// (`vpbroadcastw`, which writes the whole register) and every lane is used: converting it with
+// `f16::to_f32`, or into lane 0 only, compiled to `vpinsrw` into whatever register was at hand,
+// a false dependency that chained each block to the previous one (see `block_scales`).
+#[inline(always)]
+unsafe fn block_scale(scale: *const f16) -> __m256 {
+    let bits = (scale as *const i16).read_unaligned();
+    let s = _mm_cvtph_ps(_mm_set1_epi16(bits));
+    _mm256_set_m128(s, s)
+}
+
+// aiaas patch: the two f16 scales at the start of a Q4_1 block (`d`, `m`) or a Q8_1 block
+// (`d`, `s`) as f32 in lanes 0 and 1 (lanes 2 and 3 zero). One load and one F16C conversion
+// into a fresh register: converting each scale on its own (`f16::to_f32`) compiled to
+// `vpinsrw` into whatever register was at hand, which here was the running `m * s` sum, so
+// every block's scales waited for the previous block's sum.
+#[inline(always)]
+unsafe fn block_scales(block: *const f16) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()))
+}
+
 // aiaas patch: an AVX2 path for Q4_1 x Q8_1 (upstream 0.10.2 has only the scalar loop).
 // Each block: x = d_x * q + m with q in 0..=15 (unsigned), y = d_y * q_y (signed), so
 // sum(x * y) = d_x * d_y * sum(q * q_y) + m * s_y, where s_y = d_y * sum(q_y) is stored in the
 // Q8_1 block. The unsigned x signed byte products fit `maddubs` without saturation (15 * 128 * 2).
+// Both products of scales are one multiplication, `[d_x * d_y, m * s_y]`, whose lane 1 is added
+// to a running sum of the `m * s_y` terms (each rounded as a scalar product and sum would be).
 #[inline(always)]
 pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
     debug_assert!(
@@ -80,54 +103,67 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) ->
     );
     unsafe {
         let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
+        let mut mins = _mm_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
-            mins += f16::to_f32(x.m) * f16::to_f32(y.s);
+            let scales = _mm_mul_ps(block_scales(&x.d), block_scales(&y.d));
+            mins = _mm_add_ps(mins, scales);
+            let d = _mm256_broadcastss_ps(scales);
             let bx = bytes_from_nibbles_32(x.qs.as_ptr());
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_us8_pairs_float(bx, by);
             acc = _mm256_fmadd_ps(d, q, acc);
         }
-        hsum_float_8(acc) + mins
+        hsum_float_8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(mins))
     }
 }
 
 // aiaas patch: `vec_dot_q4_1_q8_1` of one weight row with four input rows at once. Each weight
-// block is loaded, unpacked and its scales converted once for the four rows; every row keeps
-// its own accumulators and adds in the same order as `vec_dot_q4_1_q8_1`, so each result is
-// the same to the bit.
+// block is loaded, unpacked and its scales converted once for the four rows; the rows' own
+// scales come converted to f32 (`scales`: per block the four `d`, then the four `s`, made once
+// per matmul by `BlockQ4_1::prepare_rows`), and the four rows' `m * s` terms are added as one
+// vector. Every row keeps its own accumulators and performs the same roundings in the same
+// order as `vec_dot_q4_1_q8_1` (a product `xd * yd`, a fused multiply-add per block; a product
+// `m * s` and a sum per block, unfused), so each result is the same to the bit.
 #[inline(always)]
-pub(crate) fn vec_dot_q4_1_q8_1_x4(n: usize, xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> [f32; 4] {
+pub(crate) fn vec_dot_q4_1_q8_1_x4(
+    n: usize,
+    xs: &[BlockQ4_1],
+    ys: &[BlockQ8_1],
+    scales: &[f32],
+) -> [f32; 4] {
     debug_assert!(
         n.is_multiple_of(QK8_1),
         "vec_dot_q4_1_q8_1_x4: {n} is not divisible by {QK8_1}"
     );
     let nb = xs.len();
     assert!(ys.len() >= 4 * nb, "vec_dot_q4_1_q8_1_x4: four rows expected");
+    assert!(scales.len() >= 8 * nb, "vec_dot_q4_1_q8_1_x4: scales missing");
     let (y0, rest) = ys.split_at(nb);
     let (y1, rest) = rest.split_at(nb);
     let (y2, y3) = rest.split_at(nb);
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut mins = [0f32; 4];
-        for (i, x) in xs.iter().enumerate() {
-            let xd = f16::to_f32(x.d);
-            let xm = f16::to_f32(x.m);
+        let mut mins = _mm_setzero_ps();
+        for (i, (x, sc)) in xs.iter().zip(scales.chunks_exact(8)).enumerate() {
+            let dm = block_scales(&x.d);
+            let xd = _mm256_broadcastss_ps(dm);
+            let xm = _mm_permute_ps::<0b0101_0101>(dm);
+            mins = _mm_add_ps(mins, _mm_mul_ps(xm, _mm_loadu_ps(sc.as_ptr().add(4))));
             let bx = bytes_from_nibbles_32(x.qs.as_ptr());
             for (r, y) in [&y0[i], &y1[i], &y2[i], &y3[i]].into_iter().enumerate() {
-                let d = _mm256_set1_ps(xd * f16::to_f32(y.d));
-                mins[r] += xm * f16::to_f32(y.s);
+                let d = _mm256_mul_ps(xd, _mm256_broadcast_ss(&sc[r]));
                 let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
                 let q = mul_sum_us8_pairs_float(bx, by);
                 acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
             }
         }
+        let mut m = [0f32; 4];
+        _mm_storeu_ps(m.as_mut_ptr(), mins);
         [
-            hsum_float_8(acc[0]) + mins[0],
-            hsum_float_8(acc[1]) + mins[1],
-            hsum_float_8(acc[2]) + mins[2],
-            hsum_float_8(acc[3]) + mins[3],
+            hsum_float_8(acc[0]) + m[0],
+            hsum_float_8(acc[1]) + m[1],
+            hsum_float_8(acc[2]) + m[2],
+            hsum_float_8(acc[3]) + m[3],
         ]
     }
 }
@@ -141,13 +177,57 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let d = _mm256_mul_ps(block_scale(&x.d), block_scale(&y.d));
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_i8_pairs_float(bx, by);
             acc = _mm256_fmadd_ps(d, q, acc);
         }
         hsum_float_8(acc)
+    }
+}
+
+// aiaas patch: `vec_dot_q8_0_q8_0` of one weight row with four input rows at once: each weight
+// block is loaded, its signs taken and its scale converted once for the four rows, whose own
+// scales come converted to f32 (`scales`: per block the four `d`, made once per matmul by
+// `BlockQ8_0::prepare_rows`). Every row keeps its own accumulator and performs the same
+// roundings in the same order as `vec_dot_q8_0_q8_0`, so each result is the same to the bit.
+#[inline(always)]
+pub(crate) fn vec_dot_q8_0_q8_0_x4(
+    n: usize,
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    scales: &[f32],
+) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_0),
+        "vec_dot_q8_0_q8_0_x4: {n} is not divisible by {QK8_0}"
+    );
+    let nb = xs.len();
+    assert!(ys.len() >= 4 * nb, "vec_dot_q8_0_q8_0_x4: four rows expected");
+    assert!(scales.len() >= 4 * nb, "vec_dot_q8_0_q8_0_x4: scales missing");
+    let (y0, rest) = ys.split_at(nb);
+    let (y1, rest) = rest.split_at(nb);
+    let (y2, y3) = rest.split_at(nb);
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, (x, sc)) in xs.iter().zip(scales.chunks_exact(4)).enumerate() {
+            let xd = block_scale(&x.d);
+            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(bx, bx);
+            for (r, y) in [&y0[i], &y1[i], &y2[i], &y3[i]].into_iter().enumerate() {
+                let d = _mm256_mul_ps(xd, _mm256_broadcast_ss(&sc[r]));
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(by, bx));
+                acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+            }
+        }
+        [
+            hsum_float_8(acc[0]),
+            hsum_float_8(acc[1]),
+            hsum_float_8(acc[2]),
+            hsum_float_8(acc[3]),
+        ]
     }
 }
 

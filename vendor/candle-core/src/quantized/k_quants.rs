@@ -53,10 +53,24 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 
+    /// aiaas patch: what `vec_dot_rows` needs of the input rows `ys` (`blocks` blocks each)
+    /// beyond their blocks, computed once per matmul rather than once per weight row (for
+    /// Q4_1: the rows' block scales as f32). Nothing by default.
+    fn prepare_rows(_blocks: usize, _ys: &[Self::VecDotType]) -> Vec<f32> {
+        Vec::new()
+    }
+
     /// aiaas patch: the dot products of one weight row `xs` with `out.len()` input rows laid
-    /// out one after another in `ys` (`xs.len()` blocks each). A type may share the work of
-    /// unpacking `xs` between the rows; each result must equal `vec_dot` bit for bit.
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    /// out one after another in `ys` (`xs.len()` blocks each); `prepared` is what
+    /// `prepare_rows` made of `ys`. A type may share the work of unpacking `xs` between the
+    /// rows; each result must equal `vec_dot` bit for bit.
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        _prepared: &[f32],
+        out: &mut [f32],
+    ) {
         let blocks = xs.len();
         for (row, out) in out.iter_mut().enumerate() {
             *out = Self::vec_dot(n, xs, &ys[row * blocks..(row + 1) * blocks]);
@@ -179,6 +193,50 @@ pub struct BlockQ8K {
 }
 const _: () = assert!(4 + QK_K + QK_K / 16 * 2 == std::mem::size_of::<BlockQ8K>());
 
+/// aiaas patch: for `prepare_rows`, the f16 scales `fields` of each group of four input rows
+/// (`blocks` blocks each) as f32, block by block: the four rows' first field, then the four
+/// rows' second, and so on. Rows after the last whole group of four get none. Converting an
+/// f16 to f32 is exact, so kernels using these compute what they would from the blocks.
+#[cfg(target_feature = "avx2")]
+fn quad_scales<Y>(blocks: usize, ys: &[Y], fields: &[fn(&Y) -> f16]) -> Vec<f32> {
+    let quads = ys.len() / blocks / 4;
+    let mut scales = Vec::with_capacity(quads * blocks * 4 * fields.len());
+    for quad in ys[..quads * 4 * blocks].chunks_exact(4 * blocks) {
+        for i in 0..blocks {
+            for field in fields {
+                scales.extend((0..4).map(|r| f16::to_f32(field(&quad[r * blocks + i]))));
+            }
+        }
+    }
+    scales
+}
+
+/// aiaas patch: for `vec_dot_rows`, the dot products of one weight row with the input rows
+/// `ys`, in groups of four through `quad` (given the group's rows and its part of `prepared`,
+/// `per_block` scales per block as `quad_scales` laid them out) and the rest one at a time
+/// through `one`.
+#[cfg(target_feature = "avx2")]
+fn rows_by_quads<X, Y>(
+    (xs, ys, prepared, per_block): (&[X], &[Y], &[f32], usize),
+    out: &mut [f32],
+    quad: impl Fn(&[Y], &[f32]) -> [f32; 4],
+    one: impl Fn(&[Y]) -> f32,
+) {
+    let blocks = xs.len();
+    let mut quads = out.chunks_exact_mut(4);
+    let mut row = 0;
+    for (q, out) in (&mut quads).enumerate() {
+        let rows = &ys[row * blocks..(row + 4) * blocks];
+        let scales = &prepared[q * blocks * per_block..(q + 1) * blocks * per_block];
+        out.copy_from_slice(&quad(rows, scales));
+        row += 4;
+    }
+    for out in quads.into_remainder() {
+        *out = one(&ys[row * blocks..(row + 1) * blocks]);
+        row += 1;
+    }
+}
+
 impl GgmlType for BlockQ4_0 {
     const DTYPE: GgmlDType = GgmlDType::Q4_0;
     const BLCK_SIZE: usize = QK4_0;
@@ -294,21 +352,27 @@ impl GgmlType for BlockQ4_1 {
         Self::vec_dot_unopt(n, xs, ys)
     }
 
-    // aiaas patch: four input rows per pass over a weight row (AVX2 builds).
+    // aiaas patch: four input rows per pass over a weight row (AVX2 builds), with the rows'
+    // scales converted once per matmul: per block the four `d`, then the four `s`.
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
-        let blocks = xs.len();
-        let mut quads = out.chunks_exact_mut(4);
-        let mut row = 0;
-        for quad in &mut quads {
-            let rows = &ys[row * blocks..(row + 4) * blocks];
-            quad.copy_from_slice(&super::avx::vec_dot_q4_1_q8_1_x4(n, xs, rows));
-            row += 4;
-        }
-        for out in quads.into_remainder() {
-            *out = super::avx::vec_dot_q4_1_q8_1(n, xs, &ys[row * blocks..(row + 1) * blocks]);
-            row += 1;
-        }
+    fn prepare_rows(blocks: usize, ys: &[Self::VecDotType]) -> Vec<f32> {
+        quad_scales(blocks, ys, &[|y| y.d, |y| y.s])
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        prepared: &[f32],
+        out: &mut [f32],
+    ) {
+        rows_by_quads(
+            (xs, ys, prepared, 8),
+            out,
+            |ys, scales| super::avx::vec_dot_q4_1_q8_1_x4(n, xs, ys, scales),
+            |ys| super::avx::vec_dot_q4_1_q8_1(n, xs, ys),
+        )
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -675,6 +739,29 @@ impl GgmlType for BlockQ8_0 {
                 *y = f32::round(x * id) as i8
             }
         }
+    }
+
+    // aiaas patch: four input rows per pass over a weight row (AVX2 builds), with the rows'
+    // scales converted once per matmul.
+    #[cfg(target_feature = "avx2")]
+    fn prepare_rows(blocks: usize, ys: &[Self::VecDotType]) -> Vec<f32> {
+        quad_scales(blocks, ys, &[|y| y.d])
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        prepared: &[f32],
+        out: &mut [f32],
+    ) {
+        rows_by_quads(
+            (xs, ys, prepared, 4),
+            out,
+            |ys, scales| super::avx::vec_dot_q8_0_q8_0_x4(n, xs, ys, scales),
+            |ys| super::avx::vec_dot_q8_0_q8_0(n, xs, ys),
+        )
     }
 
     #[allow(unreachable_code)]
@@ -2347,6 +2434,7 @@ pub fn matmul<T: GgmlType>(
     // 0.10.2 loops over input rows outside, streaming the whole weight matrix once per row, so a
     // batch of 8 read the weights 8 times. The results are computed column-major, then
     // transposed into `dst`.
+    let prepared = T::prepare_rows(k_in_blocks, &lhs_b);
     let mut dst_t = vec![0f32; n * m];
     dst_t
         .par_chunks_mut(m)
@@ -2354,7 +2442,7 @@ pub fn matmul<T: GgmlType>(
         .with_min_len((128 / m).max(1))
         .for_each(|(col_idx, out)| {
             let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-            T::vec_dot_rows(k, rhs_col, &lhs_b, out);
+            T::vec_dot_rows(k, rhs_col, &lhs_b, &prepared, out);
         });
     for (col_idx, column) in dst_t.chunks_exact(m).enumerate() {
         for (row_idx, value) in column.iter().enumerate() {
