@@ -65,21 +65,21 @@ fn other_block_types_keep_matching_through_the_batched_loop() {
         GgmlDType::Q4K,
         GgmlDType::Q6K,
     ] {
-        for rows in [1, 5] {
+        for rows in [1, 5, 8] {
             check(dtype, rows, 512, 96);
         }
     }
 }
 
 /// Each row of a batched product is exactly (bit for bit) the product of that row alone: the
-/// batched loop, and the Q4_1 kernel that takes four input rows per pass over a weight row,
-/// add in the same order as the one-row path. So a sequence decodes the same whether it is
+/// batched loop, and the Q4_1, Q4_0 and Q8_0 kernels that take four input rows per pass over a
+/// weight row, add in the same order as the one-row path. So a sequence decodes the same whether it is
 /// batched with others or not (up to what attention does).
 #[test]
 fn batched_rows_equal_single_rows_exactly() {
     let device = Device::Cpu;
     let (k, n) = (576, 64);
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0] {
         let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
         let matmul = QMatMul::from_qtensor(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
         for rows in 2..=9 {

@@ -187,33 +187,30 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
     }
 }
 
-// aiaas patch: `vec_dot_q8_0_q8_0` of one weight row with four input rows at once: each weight
-// block is loaded, its signs taken and its scale converted once for the four rows, whose own
-// scales come converted to f32 (`scales`: per block the four `d`, made once per matmul by
-// `BlockQ8_0::prepare_rows`). Every row keeps its own accumulator and performs the same
-// roundings in the same order as `vec_dot_q8_0_q8_0`, so each result is the same to the bit.
+// aiaas patch: one weight row whose blocks are signed bytes times a scale (`block` gives both:
+// Q8_0 as stored, Q4_0 once unpacked) with four Q8_0 input rows at once. Each weight block is
+// loaded, its signs taken and its scale converted once for the four rows, whose own scales come
+// converted to f32 (`scales`: per block the four `d`, made once per matmul by `prepare_rows`).
+// Every row keeps its own accumulator and performs the same roundings in the same order as the
+// one-row kernels (`vec_dot_q8_0_q8_0`, `vec_dot_q4_0_q8_0`), so each result is the same to the
+// bit.
 #[inline(always)]
-pub(crate) fn vec_dot_q8_0_q8_0_x4(
-    n: usize,
-    xs: &[BlockQ8_0],
+fn vec_dot_signed_q8_0_x4<X>(
+    xs: &[X],
     ys: &[BlockQ8_0],
     scales: &[f32],
+    block: impl Fn(&X) -> (__m256, __m256i),
 ) -> [f32; 4] {
-    debug_assert!(
-        n.is_multiple_of(QK8_0),
-        "vec_dot_q8_0_q8_0_x4: {n} is not divisible by {QK8_0}"
-    );
     let nb = xs.len();
-    assert!(ys.len() >= 4 * nb, "vec_dot_q8_0_q8_0_x4: four rows expected");
-    assert!(scales.len() >= 4 * nb, "vec_dot_q8_0_q8_0_x4: scales missing");
+    assert!(ys.len() >= 4 * nb, "four rows expected");
+    assert!(scales.len() >= 4 * nb, "scales missing");
     let (y0, rest) = ys.split_at(nb);
     let (y1, rest) = rest.split_at(nb);
     let (y2, y3) = rest.split_at(nb);
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         for (i, (x, sc)) in xs.iter().zip(scales.chunks_exact(4)).enumerate() {
-            let xd = block_scale(&x.d);
-            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+            let (xd, bx) = block(x);
             let ax = _mm256_sign_epi8(bx, bx);
             for (r, y) in [&y0[i], &y1[i], &y2[i], &y3[i]].into_iter().enumerate() {
                 let d = _mm256_mul_ps(xd, _mm256_broadcast_ss(&sc[r]));
@@ -229,6 +226,47 @@ pub(crate) fn vec_dot_q8_0_q8_0_x4(
             hsum_float_8(acc[3]),
         ]
     }
+}
+
+// aiaas patch: `vec_dot_q8_0_q8_0` with four input rows at once (see `vec_dot_signed_q8_0_x4`).
+#[inline(always)]
+pub(crate) fn vec_dot_q8_0_q8_0_x4(
+    n: usize,
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    scales: &[f32],
+) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_0),
+        "vec_dot_q8_0_q8_0_x4: {n} is not divisible by {QK8_0}"
+    );
+    vec_dot_signed_q8_0_x4(xs, ys, scales, |x| unsafe {
+        (
+            block_scale(&x.d),
+            _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i),
+        )
+    })
+}
+
+// aiaas patch: `vec_dot_q4_0_q8_0` with four input rows at once (see `vec_dot_signed_q8_0_x4`).
+#[inline(always)]
+pub(crate) fn vec_dot_q4_0_q8_0_x4(
+    n: usize,
+    xs: &[BlockQ4_0],
+    ys: &[BlockQ8_0],
+    scales: &[f32],
+) -> [f32; 4] {
+    debug_assert!(
+        n.is_multiple_of(QK8_0),
+        "vec_dot_q4_0_q8_0_x4: {n} is not divisible by {QK8_0}"
+    );
+    vec_dot_signed_q8_0_x4(xs, ys, scales, |x| unsafe {
+        let bx = bytes_from_nibbles_32(x.qs.as_ptr());
+        (
+            block_scale(&x.d),
+            _mm256_sub_epi8(bx, _mm256_set1_epi8(8)),
+        )
+    })
 }
 
 #[inline(always)]
