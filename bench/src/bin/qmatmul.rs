@@ -54,21 +54,6 @@ fn dtype(name: &str) -> Result<GgmlDType> {
     })
 }
 
-/// Deterministic values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     // As mistral.rs's engine thread runs the model (aiaas's patch): as worker 0 of a rayon
@@ -92,19 +77,15 @@ fn run(args: &Args) -> Result<()> {
         let dtype = dtype(name)?;
         let mats = LAYER
             .iter()
-            .enumerate()
-            .map(|(i, &(k, n))| {
-                let w = Tensor::from_vec(values(n * k, i as u64 + 1), (n, k), &device)?;
+            .map(|&(k, n)| {
+                let w = Tensor::rand(-1f32, 1f32, (n, k), &device)?;
                 QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         for &rows in &args.rows {
             let inputs = LAYER
                 .iter()
-                .enumerate()
-                .map(|(i, &(k, _))| {
-                    Tensor::from_vec(values(rows * k, 100 + i as u64), (rows, k), &device)
-                })
+                .map(|&(k, _)| Tensor::rand(-1f32, 1f32, (rows, k), &device))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let layer = || -> candle_core::Result<()> {
                 for (m, x) in mats.iter().zip(&inputs) {
