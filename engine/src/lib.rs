@@ -77,6 +77,11 @@ pub struct EngineFigures {
     pub prefix_cache_hits: usize,
     /// Prompt tokens those hits did not have to compute again.
     pub prefix_cache_hit_tokens: usize,
+    /// Decode steps (forward passes over sequences past their prompt) since the engine started.
+    pub decode_steps: usize,
+    /// Tokens those steps decoded, one per sequence per step: over `decode_steps`, the mean
+    /// decode batch (continuous batching at work).
+    pub decode_tokens: usize,
     /// Present when paged attention is on.
     pub kv_cache: Option<KvCacheFigures>,
 }

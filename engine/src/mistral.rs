@@ -775,6 +775,8 @@ pub(crate) fn engine_figures(model: &mistralrs::Model) -> Option<crate::EngineFi
         sequences: stats.new_sequences,
         prefix_cache_hits: stats.prefix_cache_hits,
         prefix_cache_hit_tokens: stats.prefix_cache_hit_tokens,
+        decode_steps: stats.decode_steps,
+        decode_tokens: stats.decode_tokens,
         kv_cache: stats.kv_cache.map(|kv| crate::KvCacheFigures {
             blocks: kv.blocks,
             free_blocks: kv.free_blocks,

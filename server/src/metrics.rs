@@ -25,6 +25,8 @@ pub struct Metrics {
     pub engine_sequences_total: IntCounterVec,
     pub prefix_cache_hits: IntCounterVec,
     pub prefix_cache_hit_tokens: IntCounterVec,
+    pub decode_steps: IntCounterVec,
+    pub decode_tokens: IntCounterVec,
     pub kv_cache_blocks: IntGaugeVec,
     pub kv_cache_usage: GaugeVec,
     /// Serialises the copy of the engines' cumulative figures into the counters.
@@ -131,6 +133,22 @@ impl Metrics {
             ),
             &["model"],
         )?;
+        let decode_steps = IntCounterVec::new(
+            Opts::new(
+                "engine_decode_steps_total",
+                "Decode steps the model's engine ran (one forward pass over the sequences past \
+                 their prompt).",
+            ),
+            &["model"],
+        )?;
+        let decode_tokens = IntCounterVec::new(
+            Opts::new(
+                "engine_decode_tokens_total",
+                "Tokens those decode steps produced, one per sequence per step; divided by the \
+                 steps, the mean decode batch.",
+            ),
+            &["model"],
+        )?;
         let kv_cache_blocks = IntGaugeVec::new(
             Opts::new(
                 "kv_cache_blocks",
@@ -149,6 +167,8 @@ impl Metrics {
         registry.register(Box::new(engine_sequences_total.clone()))?;
         registry.register(Box::new(prefix_cache_hits.clone()))?;
         registry.register(Box::new(prefix_cache_hit_tokens.clone()))?;
+        registry.register(Box::new(decode_steps.clone()))?;
+        registry.register(Box::new(decode_tokens.clone()))?;
         registry.register(Box::new(kv_cache_blocks.clone()))?;
         registry.register(Box::new(kv_cache_usage.clone()))?;
         registry.register(Box::new(admission_refusals.clone()))?;
@@ -175,6 +195,8 @@ impl Metrics {
             engine_sequences_total,
             prefix_cache_hits,
             prefix_cache_hit_tokens,
+            decode_steps,
+            decode_tokens,
             kv_cache_blocks,
             kv_cache_usage,
             engine_sync: Arc::new(Mutex::new(())),
@@ -214,6 +236,14 @@ impl Metrics {
             raise(
                 &self.prefix_cache_hit_tokens.with_label_values(&[model]),
                 engine.prefix_cache_hit_tokens,
+            );
+            raise(
+                &self.decode_steps.with_label_values(&[model]),
+                engine.decode_steps,
+            );
+            raise(
+                &self.decode_tokens.with_label_values(&[model]),
+                engine.decode_tokens,
             );
             if let Some(kv) = engine.kv_cache {
                 self.kv_cache_blocks

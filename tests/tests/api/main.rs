@@ -145,6 +145,21 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// `/metrics` once `model`'s engine has no sequence running. The engine's figures are
+/// refreshed between its steps, so a response can arrive before the step that produced it is
+/// counted: poll (bounded) for the engine to settle.
+async fn settled_metrics(app: &TestApp, model: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let running = format!("aiaas_engine_sequences{{model=\"{model}\",state=\"running\"}}");
+    loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        if metric(&text, &running) == Some(0.0) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn prefix_cache_hits_show_in_ready_and_metrics() {
     let mut config = test_config(vec![standard_models().remove(1)]);
@@ -161,16 +176,7 @@ async fn prefix_cache_hits_show_in_ready_and_metrics() {
         let (status, v) = app.post_json("/v1/completions", &body).await;
         assert_eq!(status, 200, "{v}");
     }
-    // The engine's figures are refreshed between its steps: poll (bounded) for the last one.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = app.get("/metrics").await.text().await.unwrap();
-        let running = "aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}";
-        if metric(&text, running) == Some(0.0) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let text = settled_metrics(&app, "tiny-llama").await;
     let get = |series: &str| metric(&text, series).unwrap_or(-1.0);
     assert_eq!(
         get("aiaas_engine_sequences{model=\"tiny-llama\",state=\"running\"}"),
@@ -758,6 +764,82 @@ async fn requests_decoded_together_get_the_tokens_they_get_alone() {
             "{v}"
         );
     }
+}
+
+/// Sequences of different lengths are decoded in one batch (vendored mistral.rs, GGUF Llama
+/// models: each sequence keeps its own KV cache and attends over it alone). Two requests whose
+/// lengths never meet (the short one ends before it reaches the long one's prompt length),
+/// sent at once: the engine's decode steps carry both (upstream's scheduler runs only
+/// sequences of one length per step, so each step would decode one token), and each gets the
+/// tokens it gets alone.
+#[tokio::test]
+async fn sequences_of_different_lengths_decode_in_one_batch() {
+    let config = test_config(
+        standard_models()
+            .into_iter()
+            .filter(|m| m.id == GGUF)
+            .collect(),
+    );
+    let (app, _server) = spawn_custom(config).await;
+    let long = "one two three four five six seven eight nine ten ".repeat(6);
+    let requests = [(long.as_str(), 44u64), ("hi", 36)];
+    let body = |prompt: &str, max_tokens: u64| json!({"model": GGUF, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
+    let mut prompt_tokens = Vec::new();
+    for (prompt, _) in requests {
+        let (_, v) = app
+            .post_json("/tokenize", &json!({"model": GGUF, "prompt": prompt}))
+            .await;
+        prompt_tokens.push(v["count"].as_u64().unwrap());
+    }
+    assert!(
+        prompt_tokens[1] + requests[1].1 < prompt_tokens[0],
+        "the lengths must never meet: {prompt_tokens:?}"
+    );
+    let decode = |text: &str| {
+        let get = |series: &str| metric(text, &format!("{series}{{model=\"{GGUF}\"}}"));
+        (
+            get("aiaas_engine_decode_steps_total").unwrap(),
+            get("aiaas_engine_decode_tokens_total").unwrap(),
+        )
+    };
+    let answer = |v: &Value| {
+        let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+        (text, v["usage"]["completion_tokens"].as_u64().unwrap())
+    };
+    let mut alone = Vec::new();
+    for (prompt, max_tokens) in requests {
+        let (status, v) = app
+            .post_json("/v1/completions", &body(prompt, max_tokens))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        alone.push(answer(&v));
+    }
+    assert!(
+        alone[1].1 >= 20,
+        "the short request must decode a while: {alone:?}"
+    );
+    let before = decode(&settled_metrics(&app, GGUF).await);
+    let tasks: Vec<_> = requests
+        .iter()
+        .map(|&(prompt, max_tokens)| {
+            let (app, body) = (app.clone(), body(prompt, max_tokens));
+            tokio::spawn(async move { app.post_json("/v1/completions", &body).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, v) = task.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(answer(&v), alone[i], "request {i}");
+    }
+    let after = decode(&settled_metrics(&app, GGUF).await);
+    let (steps, tokens) = (after.0 - before.0, after.1 - before.1);
+    // Every step decodes each running sequence once; steps that carried both sequences add
+    // one token more than steps. The short request's ~35 decode steps overlap the long one's
+    // unless its prompt was admitted late.
+    assert!(
+        tokens - steps >= 10.0,
+        "{tokens} tokens in {steps} decode steps: the two sequences were not decoded together"
+    );
 }
 
 /// The vendored mistral.rs patch is in effect: every engine thread works inside a rayon pool of

@@ -138,7 +138,7 @@ impl PrefixCacheManagerV2 {
                 KvCache::Rotating { k, .. } => {
                     k.all_data().as_ref().expect("No KV cache data").device()
                 }
-                KvCache::Shared { .. } => continue,
+                KvCache::Shared { .. } | KvCache::Ragged(_) => continue,
             };
 
             if !matches!(cache_device, Device::Cpu) {
@@ -166,7 +166,7 @@ impl PrefixCacheManagerV2 {
                 KvCache::Rotating { k, .. } => {
                     k.all_data().as_ref().expect("No KV cache data").device()
                 }
-                KvCache::Shared { .. } => continue,
+                KvCache::Shared { .. } | KvCache::Ragged(_) => continue,
             };
 
             if !matches!(cache_device, Device::Cpu) {

@@ -466,7 +466,8 @@ impl Engine {
                             .unwrap()
                             .0
                             .iter()
-                            .map(|cache| matches!(cache, KvCache::Normal { .. }))
+                            // aiaas patch: a ragged decode batch's layer counts as its kind.
+                            .map(|cache| matches!(cache.template(), KvCache::Normal { .. }))
                             .collect(),
                         _ => Vec::new(),
                     };

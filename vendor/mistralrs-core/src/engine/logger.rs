@@ -20,6 +20,8 @@ pub struct IntervalLogger {
     // aiaas patch: cumulative figures read by `MistralRs::engine_stats` (never reset after the
     // dummy run, unlike the interval counters above).
     prefix_cache_hit_tokens: AtomicUsize,
+    decode_steps: AtomicUsize,
+    decode_tokens: AtomicUsize,
     kv_cache_blocks: AtomicUsize,
     kv_cache_free_blocks: AtomicUsize,
     kv_cache_block_size: AtomicUsize,
@@ -106,6 +108,8 @@ impl IntervalLogger {
             encoder_cache_hits,
             encoder_cache_misses,
             prefix_cache_hit_tokens: AtomicUsize::new(0),
+            decode_steps: AtomicUsize::new(0),
+            decode_tokens: AtomicUsize::new(0),
             kv_cache_blocks: AtomicUsize::new(0),
             kv_cache_free_blocks: AtomicUsize::new(0),
             kv_cache_block_size: AtomicUsize::new(0),
@@ -176,6 +180,12 @@ impl IntervalLogger {
             .fetch_add(num_tokens, Ordering::Relaxed);
     }
 
+    /// aiaas patch: one decode step (one forward pass) of `sequences` sequences, one token each.
+    pub fn add_decode_step(&self, sequences: usize) {
+        self.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.decode_tokens.fetch_add(sequences, Ordering::Relaxed);
+    }
+
     /// aiaas patch: the paged-attention KV cache's size (blocks, tokens per block).
     pub fn set_kv_cache_capacity(&self, blocks: usize, block_size: usize) {
         self.kv_cache_blocks.store(blocks, Ordering::Relaxed);
@@ -204,6 +214,8 @@ impl IntervalLogger {
             new_sequences: self.total_new_seqs.load(Ordering::Relaxed),
             prefix_cache_hits: self.prefix_cache_hits.load(Ordering::Relaxed),
             prefix_cache_hit_tokens: self.prefix_cache_hit_tokens.load(Ordering::Relaxed),
+            decode_steps: self.decode_steps.load(Ordering::Relaxed),
+            decode_tokens: self.decode_tokens.load(Ordering::Relaxed),
             kv_cache: (blocks > 0).then(|| KvCacheStats {
                 blocks,
                 free_blocks: self.kv_cache_free_blocks.load(Ordering::Relaxed).min(blocks),
@@ -228,6 +240,11 @@ pub struct EngineStats {
     pub prefix_cache_hits: usize,
     /// Prompt tokens those hits did not have to recompute.
     pub prefix_cache_hit_tokens: usize,
+    /// Decode steps run (forward passes over sequences past their prompt).
+    pub decode_steps: usize,
+    /// Tokens those steps decoded (one per sequence per step): over `decode_steps`, the mean
+    /// decode batch.
+    pub decode_tokens: usize,
     /// The paged-attention KV cache, when paged attention is on.
     pub kv_cache: Option<KvCacheStats>,
 }

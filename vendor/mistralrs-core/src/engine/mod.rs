@@ -219,6 +219,9 @@ impl Engine {
         // Configure prefix caching on the scheduler based on the global no_prefix_cache flag
         // This ensures PagedAttention prefix caching respects the same setting
         get_mut_arcmutex!(scheduler).set_prefix_caching_enabled(!no_prefix_cache);
+        // aiaas patch: decode sequences of different lengths together where the model can.
+        let ragged_decode = !no_kv_cache && get_mut_arcmutex!(pipeline).ragged_decode();
+        get_mut_arcmutex!(scheduler).set_ragged_decode(ragged_decode);
 
         let has_paged_attention = get_mut_arcmutex!(scheduler).kv_cache_manager().is_some();
 
@@ -428,6 +431,8 @@ impl Engine {
                         );
 
                         self.logger.add_tokens_processed(scheduled.completion.len());
+                        // aiaas patch: the decode batch, for `engine_stats`.
+                        self.logger.add_decode_step(scheduled.completion.len());
 
                         last_completion_ids = current_completion_ids;
                     }
@@ -722,6 +727,10 @@ impl Engine {
                             })
                             .sum();
                         self.logger.add_tokens_processed(total_processed_tokens);
+                        // aiaas patch: the decode batch, for `engine_stats`.
+                        if !is_prompt {
+                            self.logger.add_decode_step(guards_mut.len());
+                        }
 
                         // Capture recurrent states at full-block boundaries so hybrid models can
                         // reuse recurrent prefix state when paged prefix caching hits.

@@ -43,6 +43,11 @@ pub enum KvCache {
     Normal { k: SingleCache, v: SingleCache },
     Rotating { k: RotatingCache, v: RotatingCache },
     Shared { owner: usize },
+    /// aiaas patch: one layer's caches of a decode batch whose sequences have different lengths,
+    /// one per sequence in batch order, each appended to and attended over on its own (models
+    /// that support it: `MetadataMixin::ragged_decode`). Only ever the model's working cache
+    /// between `clone_in_cache` and `clone_out_cache`; a sequence never holds one.
+    Ragged(Vec<KvCache>),
 }
 
 impl KvCache {
@@ -67,6 +72,7 @@ impl KvCache {
             Self::Normal { k, .. } => k.current_data(),
             Self::Rotating { k, .. } => k.current_data(),
             Self::Shared { .. } => Ok(None),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch has no single K tensor"),
         }
     }
 
@@ -75,6 +81,7 @@ impl KvCache {
             Self::Normal { v, .. } => v.current_data(),
             Self::Rotating { v, .. } => v.current_data(),
             Self::Shared { .. } => Ok(None),
+            Self::Ragged(_) => candle_core::bail!("a ragged batch has no single V tensor"),
         }
     }
 
@@ -97,6 +104,9 @@ impl KvCache {
                     "attempted to append KV data to shared cache owned by layer {owner}"
                 );
             }
+            Self::Ragged(_) => {
+                candle_core::bail!("a ragged batch's KV data is appended per sequence");
+            }
         };
         let k = match out_k {
             None => {
@@ -104,7 +114,7 @@ impl KvCache {
                 match self {
                     Self::Normal { k, .. } => shape[k.dim] = 0,
                     Self::Rotating { k, .. } => shape[k.dim] = 0,
-                    Self::Shared { .. } => unreachable!(),
+                    Self::Shared { .. } | Self::Ragged(_) => unreachable!(),
                 }
                 Tensor::zeros(shape, k.dtype(), k.device())?
             }
@@ -116,7 +126,7 @@ impl KvCache {
                 match self {
                     Self::Normal { v, .. } => shape[v.dim] = 0,
                     Self::Rotating { v, .. } => shape[v.dim] = 0,
-                    Self::Shared { .. } => unreachable!(),
+                    Self::Shared { .. } | Self::Ragged(_) => unreachable!(),
                 }
                 Tensor::zeros(shape, v.dtype(), v.device())?
             }
@@ -130,6 +140,7 @@ impl KvCache {
             Self::Normal { k, .. } => k.current_seq_len(),
             Self::Rotating { k, .. } => k.current_seq_len(),
             Self::Shared { .. } => 0,
+            Self::Ragged(caches) => caches.iter().map(Self::current_seq_len).max().unwrap_or(0),
         }
     }
 
@@ -144,6 +155,12 @@ impl KvCache {
                 v.reset();
             }
             Self::Shared { .. } => {}
+            // Back to one empty cache of the sequences' kind (they share its settings).
+            Self::Ragged(caches) => {
+                let mut cache = caches[0].clone();
+                cache.reset();
+                *self = cache;
+            }
         }
     }
 
@@ -161,6 +178,7 @@ impl KvCache {
                 Ok(())
             }
             Self::Shared { .. } => Ok(()),
+            Self::Ragged(caches) => caches.iter_mut().try_for_each(|c| c.set_len(len)),
         }
     }
 
@@ -177,6 +195,16 @@ impl KvCache {
                 Ok(())
             }
             Self::Shared { .. } => Ok(()),
+            Self::Ragged(caches) => caches.iter().try_for_each(|c| c.try_set_len(len)),
+        }
+    }
+
+    /// aiaas patch: a cache of this layer's kind and settings (a clone; for a ragged batch,
+    /// its first sequence's: every sequence's cache comes from the same model layer).
+    pub fn template(&self) -> KvCache {
+        match self {
+            Self::Ragged(caches) => caches[0].clone(),
+            other => other.clone(),
         }
     }
 
@@ -260,6 +288,36 @@ impl NormalCache {
 
 pub struct NormalCacheManager;
 
+impl NormalCacheManager {
+    /// aiaas patch: the decode batch `seqs`, whose lengths may differ, as the model's working
+    /// cache without copying: each layer becomes a `KvCache::Ragged` of the sequences' own
+    /// caches (their tensors are shared, not copied; `clone_out_cache` hands each sequence its
+    /// cache back). Upstream's `clone_in_cache` instead copies every sequence's whole cache
+    /// (its capacity, not only the filled part) into one batch tensor per layer whenever the
+    /// batch changes, which requires equal lengths.
+    pub fn clone_in_ragged<T: CacheManagerMixin + MetadataMixin + ?Sized>(
+        &self,
+        pipeline: &T,
+        seqs: &mut [&mut crate::sequence::Sequence],
+    ) {
+        let layers = pipeline.get_metadata().num_hidden_layers;
+        let caches = (0..layers)
+            .map(|layer| {
+                KvCache::Ragged(
+                    seqs.iter_mut()
+                        .map(|seq| {
+                            seq.normal_cache()[layer]
+                                .clone()
+                                .expect("a decoding sequence has a KV cache for every layer")
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        *pipeline.cache().normal() = NormalCache(caches);
+    }
+}
+
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
     fn clone_in_cache(
         &self,
@@ -297,6 +355,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                         new_v_cache.push(None);
                         continue;
                     }
+                    KvCache::Ragged(_) => unreachable!("a sequence never holds a ragged cache"),
                 }
             };
             // Build dims for batched cache
@@ -324,6 +383,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                         (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
                     }
                     KvCache::Shared { .. } => continue,
+                    KvCache::Ragged(_) => unreachable!("a sequence never holds a ragged cache"),
                 };
                 let offset = i * first_k.dims()[0];
                 batch_k.slice_set(&src_k, 0, offset).unwrap();
@@ -399,6 +459,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 KvCache::Shared { owner } => {
                     caches.push(KvCache::Shared { owner: *owner });
                 }
+                KvCache::Ragged(_) => unreachable!("a sequence never holds a ragged cache"),
             }
         }
         *pipeline.cache().normal() = NormalCache(caches);
@@ -418,6 +479,19 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 }
                 continue;
             }
+            // aiaas patch: each sequence of a ragged batch gets its own cache back.
+            if let KvCache::Ragged(caches) = cache {
+                debug_assert_eq!(caches.len(), seqs.len());
+                for (seq, seq_cache) in seqs.iter_mut().zip(caches) {
+                    let output_cache = if modify_draft_cache {
+                        seq.normal_draft_cache()
+                    } else {
+                        seq.normal_cache()
+                    };
+                    output_cache[layer] = Some(seq_cache.clone());
+                }
+                continue;
+            }
             // This case for llama 3.2 vision cross attn
             if cache.k().unwrap().is_none() {
                 continue;
@@ -430,7 +504,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 KvCache::Rotating { k, v } => {
                     (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
                 }
-                KvCache::Shared { .. } => unreachable!(),
+                KvCache::Shared { .. } | KvCache::Ragged(_) => unreachable!(),
             };
 
             let k_caches = k_cache.chunk(seqs.len(), 0).unwrap();
@@ -491,7 +565,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             },
                         });
                     }
-                    KvCache::Shared { .. } => unreachable!(),
+                    KvCache::Shared { .. } | KvCache::Ragged(_) => unreachable!(),
                 }
             }
         }
@@ -523,7 +597,14 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             layer_devices
         });
 
-        let old_caches = pipeline.cache().normal().0.clone();
+        // aiaas patch: a ragged batch's layer stands for its sequences' kind of cache.
+        let old_caches: Vec<KvCache> = pipeline
+            .cache()
+            .normal()
+            .0
+            .iter()
+            .map(KvCache::template)
+            .collect();
 
         for (layer_idx, layer) in pipeline.cache().normal().0.iter_mut().enumerate() {
             if !load_preallocated_cache {
@@ -556,6 +637,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     continue;
                 }
                 KvCache::Normal { .. } => {}
+                KvCache::Ragged(_) => unreachable!(),
             }
 
             let mut k_caches = Vec::new();
@@ -622,7 +704,9 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     };
                     *layer = cache;
                 }
-                KvCache::Rotating { .. } | KvCache::Shared { .. } => unreachable!(),
+                KvCache::Rotating { .. } | KvCache::Shared { .. } | KvCache::Ragged(_) => {
+                    unreachable!()
+                }
             }
         }
     }

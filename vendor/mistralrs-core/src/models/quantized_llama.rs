@@ -193,11 +193,33 @@ impl LayerWeights {
                     None,
                 )?
             }
-            None => {
-                let (k, v) = kv_cache.append(&k, &v)?;
+            None => match kv_cache {
+                // aiaas patch: a decode batch of sequences of different lengths: each
+                // sequence's key and value join its own cache and its query attends over that.
+                KvCache::Ragged(caches) => {
+                    if seq_len != 1 || caches.len() != b_sz {
+                        candle_core::bail!(
+                            "a ragged batch decodes one token for each of its {} sequences, got {b_sz} x {seq_len}",
+                            caches.len()
+                        );
+                    }
+                    let ys = caches
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, cache)| {
+                            let (k, v) = cache.append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+                            let q = q.narrow(0, i, 1)?;
+                            Sdpa.run_attention(&q, &k, &v, None, None, &self.sdpa_params)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&ys, 0)?
+                }
+                _ => {
+                    let (k, v) = kv_cache.append(&k, &v)?;
 
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
-            }
+                    Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                }
+            },
         };
 
         let y = if mask.is_some() {

@@ -655,6 +655,13 @@ impl CacheManagerMixin for GGUFPipeline {
     fn clone_in_cache(&self, seqs: &mut [&mut Sequence]) {
         if matches!(self.cache(), EitherCache::Full(_)) {
             FullCacheManager.clone_in_cache(self, seqs, false)
+        } else if self.ragged_decode()
+            && seqs.len() > 1
+            && seqs.iter().all(|seq| seq.is_completion())
+        {
+            // aiaas patch: a decode batch keeps its sequences' own caches (see
+            // `NormalCacheManager::clone_in_ragged`).
+            NormalCacheManager.clone_in_ragged(self, seqs)
         } else {
             NormalCacheManager.clone_in_cache(self, seqs, false)
         }
@@ -736,6 +743,14 @@ impl MetadataMixin for GGUFPipeline {
     }
     fn device_mapper(&self) -> Option<&dyn DeviceMapper> {
         Some(&*self.mapper)
+    }
+    /// aiaas patch: the quantized Llama model attends over a ragged batch
+    /// (`models::quantized_llama`), e.g. SmolLM2, Llama and Mistral GGUF files.
+    /// `AIAAS_RAGGED_DECODE=off` in the environment keeps upstream's batching by length, to
+    /// measure one against the other.
+    fn ragged_decode(&self) -> bool {
+        matches!(self.model, Model::Llama(_))
+            && !std::env::var("AIAAS_RAGGED_DECODE").is_ok_and(|v| v == "off")
     }
 }
 

@@ -224,6 +224,12 @@ pub trait MetadataMixin {
         None
     }
     fn device_mapper(&self) -> Option<&dyn DeviceMapper>;
+    /// aiaas patch: whether the model decodes sequences of different lengths in one batch
+    /// (its attention takes a `KvCache::Ragged`), so the default scheduler may run every
+    /// decoding sequence in each step instead of only those of one length.
+    fn ragged_decode(&self) -> bool {
+        false
+    }
 }
 
 /// Implemented by the base model of an AnyMoe.

@@ -72,7 +72,11 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 type BucketKey = (usize, bool, usize);
 
-struct FixedBucketingManager;
+struct FixedBucketingManager {
+    /// aiaas patch: every decoding sequence runs in each step, whatever its length (the
+    /// pipeline decodes ragged batches); only prompts are bucketed by length.
+    ragged_decode: bool,
+}
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -84,6 +88,13 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         mut waiting: Backer,
         discrete: bool,
     ) -> BucketedSeqs<Backer> {
+        // aiaas patch: with ragged decoding, the decoding sequences all run, together with one
+        // bucket of prompts (the engine runs the two as separate steps).
+        let (decoding, running): (Vec<Sequence>, Vec<Sequence>) = if self.ragged_decode {
+            running.into_iter().partition(|seq| seq.is_completion())
+        } else {
+            (Vec::new(), running)
+        };
         // Now, get the sequences with the smallest sequence lengths, and allow them to catch up.
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
@@ -166,6 +177,15 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
             // Know min_seqs.len < running.len() <= max
             highest_priority_seqs
         };
+        let running = if decoding.is_empty() {
+            running
+        } else {
+            decoding
+                .into_iter()
+                .map(|s| s.reset_urgency())
+                .chain(running)
+                .collect()
+        };
         BucketedSeqs { running, waiting }
     }
 }
@@ -180,7 +200,9 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged_decode: false,
+            }),
         };
         Self {
             running: Vec::new(),
@@ -346,5 +368,12 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+    fn set_ragged_decode(&mut self, enabled: bool) {
+        self.bucketing_manager = match self.method {
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged_decode: enabled,
+            }),
+        };
     }
 }
