@@ -7,7 +7,8 @@
 #   git stash pop && A=/tmp/aiaas-a bench/ab.sh
 # Environment: A (required), B (default: the current test build), CONCURRENCY (1,8), REPS (3),
 # REQUESTS (max(concurrency, 4) per level), MAX_TOKENS (128), PROMPT_WORDS (86), PROMPT_SPREAD
-# (0: every prompt the same length; N: request i adds i % (N + 1) words), MODEL.
+# (0: every prompt the same length; N: request i adds i % (N + 1) words), STAGGER_MS (0: the
+# concurrent clients start together; N: client k starts k * N ms after the first), MODEL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
@@ -22,6 +23,7 @@ REQUESTS=${REQUESTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-128}
 PROMPT_WORDS=${PROMPT_WORDS:-86}
 PROMPT_SPREAD=${PROMPT_SPREAD:-0}
+STAGGER_MS=${STAGGER_MS:-0}
 [ -f "$MODEL" ] || scripts/fetch-demo-models.sh
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -44,7 +46,7 @@ for rep in $(seq 1 "$REPS"); do
   for label in A B; do
     "$BIN/aiaas-load" --url "http://127.0.0.1:${PORT[$label]}/v1" --model bench --label "$label" \
       --rep "$rep" --concurrency "$CONCURRENCY" --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" \
-      --prompt-words "$PROMPT_WORDS" --prompt-spread "$PROMPT_SPREAD" --warmup 1 --json 2>>"$WORK/raw.jsonl" >/dev/null
+      --prompt-words "$PROMPT_WORDS" --prompt-spread "$PROMPT_SPREAD" --stagger-ms "$STAGGER_MS" --warmup 1 --json 2>>"$WORK/raw.jsonl" >/dev/null
   done
 done
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(basename "$MODEL"), A=$A, B=$B, medians of $REPS:"

@@ -39,6 +39,12 @@ struct Args {
     /// concurrent sequences have different lengths (as real traffic does).
     #[arg(long, default_value_t = 0)]
     prompt_spread: usize,
+    /// Start the concurrent clients this many milliseconds apart (client k waits k times it
+    /// before its first request), so that their sequences are not in lockstep, as requests of
+    /// real traffic are not: in a closed loop with equal prompts and outputs, requests that
+    /// start together also finish together and the next ones start together again.
+    #[arg(long, default_value_t = 0)]
+    stagger_ms: u64,
     /// Warm-up requests before measuring.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -254,9 +260,10 @@ async fn run_level(client: &reqwest::Client, args: Arc<Args>, concurrency: usize
     });
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    for worker in 0..concurrency {
         let (client, args, next) = (client.clone(), args.clone(), next.clone());
         workers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(args.stagger_ms * worker as u64)).await;
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
