@@ -16,7 +16,9 @@
 #
 # Environment: MODEL (GGUF path), SERVERS, CONCURRENCY (default 1,2,4,8,16), REPS (3),
 # MAX_TOKENS (128), PROMPT_WORDS (86: ~128 prompt tokens with SmolLM2's chat template),
-# MIN_REQUESTS (4: requests per level are max(concurrency, MIN_REQUESTS)), THREADS (2).
+# MIN_REQUESTS (4: requests per level are max(concurrency, MIN_REQUESTS)), THREADS (2),
+# STAGGER_MS (0: a level's clients start together; N: client k starts k * N ms after the first,
+# so that their sequences are not in lockstep, as real traffic's are not; see aiaas-load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
@@ -30,6 +32,7 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 PROMPT_WORDS=${PROMPT_WORDS:-86}
 MIN_REQUESTS=${MIN_REQUESTS:-4}
 THREADS=${THREADS:-2}
+STAGGER_MS=${STAGGER_MS:-0}
 PEERS=$CACHE/peers
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -132,7 +135,7 @@ for rep in $(seq 1 "$REPS"); do
     echo "rep $rep: $s"
     "$BIN/aiaas-load" --url "${URL[$s]}" --model "${MODEL_ID[$s]}" --api-key "${KEY[$s]:-unused}" \
       --label "$s" --rep "$rep" --concurrency "$CONCURRENCY" --requests "$MIN_REQUESTS" \
-      --max-tokens "$MAX_TOKENS" --prompt-words "$PROMPT_WORDS" --warmup "$warmup" --json \
+      --max-tokens "$MAX_TOKENS" --prompt-words "$PROMPT_WORDS" --stagger-ms "$STAGGER_MS" --warmup "$warmup" --json \
       2>>"$RAW" | tail -n +3
   done
 done
@@ -145,7 +148,8 @@ done
 {
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
   echo "model $(basename "$MODEL") ($(stat -c %s "$MODEL") bytes), $PROMPT_WORDS prompt words, max_tokens $MAX_TOKENS,"
-  echo "temperature 0, concurrency $CONCURRENCY, max(concurrency, $MIN_REQUESTS) requests per level, $REPS repetitions."
+  echo "temperature 0, concurrency $CONCURRENCY, max(concurrency, $MIN_REQUESTS) requests per level, $REPS repetitions,"
+  echo "clients started ${STAGGER_MS} ms apart."
   echo
   AIAAS_REPORT_CAPTION="$(date -u +%Y-%m-%d), $(nproc) cores, $(basename "$MODEL"), ${PROMPT_WORDS}-word prompts, $MAX_TOKENS output tokens, medians of $REPS" \
     "$BIN/aiaas-report" "$RAW" --svg "$OUT/chart.svg" --threads "$THREADS" \
