@@ -160,6 +160,23 @@ async fn settled_metrics(app: &TestApp, model: &str) -> String {
     }
 }
 
+/// POST every body to `path` at once (a task each, so the engine can batch them); the answers
+/// in the bodies' order.
+async fn post_at_once(app: &TestApp, path: &'static str, bodies: Vec<Value>) -> Vec<(u16, Value)> {
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let app = app.clone();
+            tokio::spawn(async move { app.post_json(path, &body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
 async fn prefix_cache_hits_show_in_ready_and_metrics() {
     let mut config = test_config(vec![standard_models().remove(1)]);
@@ -732,32 +749,23 @@ async fn requests_decoded_together_get_the_tokens_they_get_alone() {
         alone.push(answer(&v));
     }
     for round in 0..2 {
-        let tasks: Vec<_> = requests
-            .iter()
-            .map(|&(prompt, max_tokens)| {
-                let (app, body) = (app.clone(), body(prompt, max_tokens));
-                tokio::spawn(async move { app.post_json("/v1/chat/completions", &body).await })
-            })
-            .collect();
-        for (i, task) in tasks.into_iter().enumerate() {
-            let (status, v) = task.await.unwrap();
+        let bodies = requests.iter().map(|&(p, n)| body(p, n)).collect();
+        let answers = post_at_once(&app, "/v1/chat/completions", bodies).await;
+        for (i, (status, v)) in answers.into_iter().enumerate() {
             assert_eq!(status, 200, "{v}");
             assert_eq!(answer(&v), alone[i], "request {i}, round {round}");
         }
     }
     // A safetensors model batches the same way (its batched matmuls may round differently from
     // one row's, so only completion is checked there).
-    let tasks: Vec<_> = requests
+    let bodies = requests
         .iter()
         .map(|&(prompt, max_tokens)| {
-            let app = app.clone();
-            let body = json!({"model": CHAT, "max_tokens": max_tokens, "temperature": 0,
-                "messages": [{"role": "user", "content": prompt}]});
-            tokio::spawn(async move { app.post_json("/v1/chat/completions", &body).await })
+            json!({"model": CHAT, "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": prompt}]})
         })
         .collect();
-    for task in tasks {
-        let (status, v) = task.await.unwrap();
+    for (status, v) in post_at_once(&app, "/v1/chat/completions", bodies).await {
         assert_eq!(status, 200, "{v}");
         assert!(
             v["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
@@ -819,15 +827,9 @@ async fn sequences_of_different_lengths_decode_in_one_batch() {
         "the short request must decode a while: {alone:?}"
     );
     let before = decode(&settled_metrics(&app, GGUF).await);
-    let tasks: Vec<_> = requests
-        .iter()
-        .map(|&(prompt, max_tokens)| {
-            let (app, body) = (app.clone(), body(prompt, max_tokens));
-            tokio::spawn(async move { app.post_json("/v1/completions", &body).await })
-        })
-        .collect();
-    for (i, task) in tasks.into_iter().enumerate() {
-        let (status, v) = task.await.unwrap();
+    let bodies = requests.iter().map(|&(p, n)| body(p, n)).collect();
+    let answers = post_at_once(&app, "/v1/completions", bodies).await;
+    for (i, (status, v)) in answers.into_iter().enumerate() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(answer(&v), alone[i], "request {i}");
     }
