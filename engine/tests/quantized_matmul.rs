@@ -104,3 +104,79 @@ fn batched_rows_equal_single_rows_exactly() {
         }
     }
 }
+
+/// Upstream candle's scalar quantizer of input blocks (`BlockQ8_0::from_float`,
+/// `BlockQ8_1::from_float`, as `quantize_row_q8_0` / `_q8_1` in ggml): the bytes each block
+/// should hold. Q8_1 blocks also hold `s`, the scale times the sum of the quantized values.
+fn reference_q8_blocks(xs: &[f32], with_sum: bool) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for block in xs.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let qs: Vec<i8> = block.iter().map(|&x| (x * id).round() as i8).collect();
+        let d = half::f16::from_f32(d);
+        bytes.extend(d.to_le_bytes());
+        if with_sum {
+            let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+            bytes.extend((half::f16::from_f32(sum as f32) * d).to_le_bytes());
+        }
+        bytes.extend(qs.iter().map(|&q| q.to_le_bytes()[0]));
+    }
+    bytes
+}
+
+/// Every input row of a quantized matmul is first quantized to 8-bit blocks (Q8_1 for Q4_1
+/// weights, Q8_0 for Q8_0 and Q4_0); aiaas's AVX2 quantizer (candle patch item 6) must write
+/// the same bytes as upstream's scalar loop, including halves rounded away from zero, blocks
+/// of zeros, of subnormals (whose inverse scale overflows), and with infinities or NaN.
+#[test]
+fn input_blocks_are_quantized_as_upstream_does() {
+    let mut xs = Vec::new();
+    for (seed, scale) in [(1, 1.0f32), (2, 1e-3), (3, 1e3), (4, 37.5)] {
+        xs.extend(values(32 * 16, seed).iter().map(|v| v * scale));
+    }
+    // Scale 1 (max 127): every half-way case rounds away from zero.
+    let mut ties = vec![
+        127.0f32,
+        -126.5,
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        0.49999997,
+        -0.49999997,
+    ];
+    ties.resize(32, 63.5);
+    xs.extend(ties);
+    xs.extend([0.0f32; 32]);
+    xs.extend((0..32).map(|i| f32::from_bits(i + 1) * if i % 2 == 0 { 1.0 } else { -1.0 }));
+    let mut odd = values(32, 9);
+    odd[3] = f32::INFINITY;
+    odd[7] = f32::NEG_INFINITY;
+    xs.extend(odd);
+    let mut nan = values(32, 10);
+    nan[5] = f32::NAN;
+    xs.extend(nan);
+    xs.extend(values(32, 11).iter().map(|v| v * 1e30));
+    assert_eq!(xs.len() % 64, 0);
+
+    let device = Device::Cpu;
+    let rows = xs.len() / 64;
+    let input = Tensor::from_vec(xs.clone(), (rows, 64), &device).unwrap();
+    for (dtype, with_sum) in [(GgmlDType::Q8_0, false), (GgmlDType::Q8_1, true)] {
+        let got = QTensor::quantize(&input, dtype)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
+        let expected = reference_q8_blocks(&xs, with_sum);
+        let block = if with_sum { 36 } else { 34 };
+        assert_eq!(got.len(), expected.len(), "{dtype:?}");
+        for (i, (g, e)) in got.chunks(block).zip(expected.chunks(block)).enumerate() {
+            assert_eq!(g, e, "{dtype:?} block {i} of {:?}", &xs[i * 32..][..32]);
+        }
+    }
+}

@@ -10,6 +10,73 @@ use core::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+/// aiaas patch: `k_quants::quantize_block_q8` eight lanes at a time. Every step computes what
+/// the scalar loop computes: the same maximum (a NaN input is skipped, as `f32::max` skips
+/// it), the same products `x * (1 / d)`, rounding half away from zero (`f32::round`: truncate,
+/// then step away from zero when the dropped fraction is at least one half), NaN to 0 and
+/// saturation to `i8` (as `as i8` does), so the blocks are the same to the bit.
+#[inline(always)]
+pub(crate) fn quantize_block_q8(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    assert_eq!(xs.len(), 32);
+    // SAFETY: `xs` holds 32 floats (four loads of eight) and `qs` 32 bytes (one store); AVX2
+    // is enabled at compile time.
+    unsafe {
+        let p = xs.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        // `maxps` returns its second operand when either is NaN: the running maximum.
+        let mut amax = _mm256_setzero_ps();
+        for x in v {
+            amax = _mm256_max_ps(_mm256_andnot_ps(sign, x), amax);
+        }
+        let m = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let d = _mm_cvtss_f32(m) / ((1 << 7) - 1) as f32;
+        let id = _mm256_set1_ps(if d != 0f32 { 1. / d } else { 0. });
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let mut ints = [_mm256_setzero_si256(); 4];
+        for (int, x) in ints.iter_mut().zip(v) {
+            let y = _mm256_mul_ps(x, id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+            let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+            let away = _mm256_or_ps(one, _mm256_and_ps(sign, y));
+            let r = _mm256_add_ps(
+                t,
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(dropped, half), away),
+            );
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+            *int = _mm256_cvttps_epi32(r);
+        }
+        let total = _mm256_add_epi32(
+            _mm256_add_epi32(ints[0], ints[1]),
+            _mm256_add_epi32(ints[2], ints[3]),
+        );
+        let total = _mm_add_epi32(
+            _mm256_extracti128_si256(total, 1),
+            _mm256_castsi256_si128(total),
+        );
+        let total = _mm_add_epi32(total, _mm_unpackhi_epi64(total, total));
+        let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b01));
+        // The packs work within 128-bit lanes; the permutation restores the order.
+        let q = _mm256_packs_epi16(
+            _mm256_packs_epi32(ints[0], ints[1]),
+            _mm256_packs_epi32(ints[2], ints[3]),
+        );
+        let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, q);
+        (d, _mm_cvtsi128_si32(total))
+    }
+}
+
 #[inline(always)]
 pub(crate) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
     let ones = _mm256_set1_epi16(1);
