@@ -55,6 +55,11 @@ fn q4_1_matches_its_dequantized_weights_for_one_and_many_rows() {
     for rows in [1, 2, 8, 33] {
         check(GgmlDType::Q4_1, rows, 576, 192);
     }
+    // Wider rows and an odd number of weight rows: the input is walked in several groups of
+    // rows (as many as fit the L1 cache), and the one-row path's weight rows do not pair up.
+    for rows in [1, 3, 40] {
+        check(GgmlDType::Q4_1, rows, 1536, 67);
+    }
 }
 
 #[test]
@@ -78,11 +83,22 @@ fn other_block_types_keep_matching_through_the_batched_loop() {
 #[test]
 fn batched_rows_equal_single_rows_exactly() {
     let device = Device::Cpu;
-    let (k, n) = (576, 64);
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0] {
+    // The second shape has rows too wide for more than a few of them to be walked at once,
+    // and an odd number of weight rows.
+    for (dtype, k, n, rows) in [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0]
+        .into_iter()
+        .flat_map(|dtype| {
+            [
+                (576, 64, (2..=9).collect::<Vec<_>>()),
+                (1536, 67, vec![13, 30]),
+            ]
+            .into_iter()
+            .map(move |(k, n, rows)| (dtype, k, n, rows))
+        })
+    {
         let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
         let matmul = QMatMul::from_qtensor(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
-        for rows in 2..=9 {
+        for rows in rows {
             let input =
                 Tensor::from_vec(values(rows * k, 100 + rows as u64), (rows, k), &device).unwrap();
             let batched: Vec<Vec<f32>> = matmul.forward(&input).unwrap().to_vec2().unwrap();
@@ -98,7 +114,7 @@ fn batched_rows_equal_single_rows_exactly() {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,
-                    "{dtype:?}, {rows} rows: row {r} differs from its product alone"
+                    "{dtype:?}, {k} x {n}, {rows} rows: row {r} differs from its product alone"
                 );
             }
         }
