@@ -56,7 +56,7 @@ fn q4_1_matches_its_dequantized_weights_for_one_and_many_rows() {
         check(GgmlDType::Q4_1, rows, 576, 192);
     }
     // Wider rows and an odd number of weight rows: the input is walked in several groups of
-    // rows (as many as fit the L1 cache), and the one-row path's weight rows do not pair up.
+    // rows (as many as fit the L1 cache), and the last block of weight rows is a short one.
     for rows in [1, 3, 40] {
         check(GgmlDType::Q4_1, rows, 1536, 67);
     }
