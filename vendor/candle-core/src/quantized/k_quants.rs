@@ -2493,6 +2493,14 @@ pub fn matmul<T: GgmlType>(
     let per_quad = if m >= 4 { prepared.len() / (m / 4) } else { 0 };
     let cols = ColumnWriter(dst.as_mut_ptr());
     let blocks_of_cols = n.div_ceil(MATMUL_COLUMN_BLOCK);
+    // With one group of input rows (a batch of decoding sequences), each weight row is read
+    // once, from memory, as in the one-row path: prefetch it the same way. With several groups
+    // (a prompt), the block's weight rows come from L2 after the first group.
+    let ahead = if m <= group {
+        PREFETCH_BYTES.div_ceil((k_in_blocks * std::mem::size_of::<T>()).max(1))
+    } else {
+        0
+    };
     (0..blocks_of_cols).into_par_iter().for_each_init(
         || vec![0f32; group],
         |out, block| {
@@ -2506,6 +2514,9 @@ pub fn matmul<T: GgmlType>(
                     ..(quads.end * per_quad).min(prepared.len())];
                 let out = &mut out[..rows];
                 for col_idx in cols_of_block.clone() {
+                    if ahead > 0 {
+                        prefetch(rhs_t, (col_idx + ahead) * k_in_blocks, k_in_blocks);
+                    }
                     let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
                     T::vec_dot_rows(k, rhs_col, ys, prepared, out);
                     for (row, value) in out.iter().enumerate() {
@@ -2520,9 +2531,9 @@ pub fn matmul<T: GgmlType>(
     Ok(())
 }
 
-/// aiaas patch: how far ahead of its use the one-row path of `matmul` prefetches weight rows.
-/// `aiaas-qmatmul --rows 1 --layers 30` (weights streamed from memory, 2026-11-29): Q4_1 ~300
-/// µs per layer without, ~250 with 4-8 KB ahead; Q8_0 ~430 → ~380.
+/// aiaas patch: how far ahead of its use `matmul` prefetches weight rows (one input row, or one
+/// group of them). `aiaas-qmatmul --rows 1 --layers 30` (weights streamed from memory,
+/// 2026-11-29): Q4_1 ~300 µs per layer without, ~250 with 4-8 KB ahead; Q8_0 ~430 → ~380.
 const PREFETCH_BYTES: usize = 4096;
 
 /// aiaas patch: asks the CPU to start loading `len` blocks of `xs` from `start` into its caches.
@@ -2555,7 +2566,6 @@ const MATMUL_COLUMN_BLOCK: usize = 16;
 struct ColumnWriter(*mut f32);
 // SAFETY: the tasks write disjoint elements (each its own columns) and nothing reads `dst`
 // until they have all finished.
-unsafe impl Send for ColumnWriter {}
 unsafe impl Sync for ColumnWriter {}
 impl ColumnWriter {
     /// # Safety
