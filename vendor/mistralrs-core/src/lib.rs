@@ -67,6 +67,8 @@ mod layers_utils;
 pub mod matformer;
 mod mla;
 mod models;
+/// aiaas patch: how many projection matrices the GGUF Llama model has stacked (item 8).
+pub use models::quantized_llama::stacked_projection_count;
 mod paged_attention;
 mod pipeline;
 mod prefix_cacher;

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::quantized::ggml_file;
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{Embedding, Module};
 use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 
@@ -26,17 +28,150 @@ use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 // Default fallback for models that don't specify context_length
 const DEFAULT_MAX_SEQ_LEN: u32 = 4096;
 
+/// aiaas patch: quantized matrices stacked into one so far in this process (see
+/// [`Projections`]); aiaas's tests read it to know that the stacked path ran.
+static STACKED_PROJECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// aiaas patch: how many stacked projection matrices the GGUF Llama model has built in this
+/// process.
+pub fn stacked_projection_count() -> usize {
+    STACKED_PROJECTIONS.load(Ordering::Relaxed)
+}
+
+/// aiaas patch: projections of one input, as one matmul where that is possible.
+///
+/// The query, key and value projections of a layer read the same input, and so do the MLP's
+/// gate and up projections. On CPU, each quantized matmul quantizes its input, forks the pool
+/// and joins it; decoding one token of a small model is ~200 such matmuls, so their fixed cost
+/// weighs. Where the weights share a quantized type and an input width, their rows are stacked
+/// into one matrix at load (the rows are independent, so this is a concatenation of their
+/// bytes, and the memory is the same) and one matmul computes every output. Each output
+/// element is the same dot product of one weight row and one input row as before, computed by
+/// the same kernel, so the results are the same to the bit. Elsewhere (other devices, float
+/// weights, mixed types, or `AIAAS_STACKED_PROJECTIONS=off` in the environment) the
+/// projections run one by one as upstream runs them.
+enum Projections {
+    Separate(Vec<Arc<dyn QuantMethod>>),
+    Stacked {
+        w: Arc<dyn QuantMethod>,
+        /// Output width of each projection, in order.
+        widths: Vec<usize>,
+    },
+}
+
+impl Projections {
+    fn new(weights: Vec<QTensor>) -> Result<Self> {
+        if let Some((w, widths)) = stack_rows(&weights)? {
+            STACKED_PROJECTIONS.fetch_add(1, Ordering::Relaxed);
+            return Ok(Self::Stacked {
+                w: gguf_matmul(w)?,
+                widths,
+            });
+        }
+        Ok(Self::Separate(
+            weights
+                .into_iter()
+                .map(gguf_matmul)
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    /// One output per projection, in order. A stacked matmul's outputs are views of its result
+    /// (narrowed on the last dimension, so not contiguous unless they are the only row).
+    fn forward(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(ws) => ws.iter().map(|w| MatMul.qmethod_matmul(xs, &**w)).collect(),
+            Self::Stacked { w, widths } => {
+                let ys = MatMul.qmethod_matmul(xs, &**w)?;
+                let mut start = 0;
+                widths
+                    .iter()
+                    .map(|&width| {
+                        let y = ys.narrow(D::Minus1, start, width);
+                        start += width;
+                        y
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn gguf_matmul(w: QTensor) -> Result<Arc<dyn QuantMethod>> {
+    Ok(Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
+        q_weight: Arc::new(w),
+        b: None,
+    })?))
+}
+
+/// The weights' rows stacked into one quantized matrix, with each weight's row count, or
+/// `None` where [`Projections`] keeps them apart.
+fn stack_rows(weights: &[QTensor]) -> Result<Option<(QTensor, Vec<usize>)>> {
+    use candle_core::quantized::GgmlDType;
+    let Some(first) = weights.first() else {
+        return Ok(None);
+    };
+    // Block-quantized types only: their kernels compute each output element on its own. Float
+    // weights go through a general matmul whose blocking depends on the output width.
+    let block_quantized = matches!(
+        first.dtype(),
+        GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_0
+            | GgmlDType::Q2K
+            | GgmlDType::Q3K
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+    );
+    if weights.len() < 2
+        || !block_quantized
+        || std::env::var("AIAAS_STACKED_PROJECTIONS").is_ok_and(|v| v == "off")
+    {
+        return Ok(None);
+    }
+    let (_, cols) = first.shape().dims2()?;
+    let mut widths = Vec::with_capacity(weights.len());
+    for w in weights {
+        let (rows, c) = w.shape().dims2()?;
+        if w.dtype() != first.dtype() || c != cols || !w.device().is_cpu() {
+            return Ok(None);
+        }
+        widths.push(rows);
+    }
+    let mut bytes = Vec::with_capacity(weights.iter().map(|w| w.storage_size_in_bytes()).sum());
+    for w in weights {
+        bytes.extend_from_slice(&w.data()?);
+    }
+    let rows = widths.iter().sum();
+    let stacked =
+        ggml_file::qtensor_from_ggml(first.dtype(), &bytes, vec![rows, cols], &Device::Cpu)?;
+    Ok(Some((stacked, widths)))
+}
+
 struct Mlp {
-    feed_forward_w1: Arc<dyn QuantMethod>,
+    /// aiaas patch: the gate (w1) and up (w3) projections, stacked where possible.
+    feed_forward_w13: Projections,
     feed_forward_w2: Arc<dyn QuantMethod>,
-    feed_forward_w3: Arc<dyn QuantMethod>,
 }
 
 impl Mlp {
+    /// aiaas patch: from the gate (w1), down (w2) and up (w3) weights.
+    fn new(w1: QTensor, w2: QTensor, w3: QTensor) -> Result<Self> {
+        Ok(Self {
+            feed_forward_w13: Projections::new(vec![w1, w3])?,
+            feed_forward_w2: gguf_matmul(w2)?,
+        })
+    }
+
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w1 = MatMul.qmethod_matmul(xs, &*self.feed_forward_w1)?;
-        let w3 = MatMul.qmethod_matmul(xs, &*self.feed_forward_w3)?;
-        let y = crate::ops::mul_and_act(&w1, &w3, crate::layers::Activation::Silu)?;
+        let w13 = self.feed_forward_w13.forward(xs)?;
+        let [w1, w3] = &w13[..] else {
+            candle_core::bail!("the MLP has two input projections, got {}", w13.len());
+        };
+        let y = crate::ops::mul_and_act(w1, w3, crate::layers::Activation::Silu)?;
         MatMul.qmethod_matmul(&y, &*self.feed_forward_w2)
     }
 }
@@ -121,9 +256,8 @@ impl MlpOrMoe {
 }
 
 struct LayerWeights {
-    attention_wq: Arc<dyn QuantMethod>,
-    attention_wk: Arc<dyn QuantMethod>,
-    attention_wv: Arc<dyn QuantMethod>,
+    /// aiaas patch: the query, key and value projections, stacked where possible.
+    attention_wqkv: Projections,
     attention_wo: Arc<dyn QuantMethod>,
     attention_norm: QRmsNorm,
     mlp_or_moe: MlpOrMoe,
@@ -148,15 +282,13 @@ impl LayerWeights {
     ) -> Result<Tensor> {
         let (b_sz, seq_len, _) = x.dims3()?;
 
-        let q = MatMul
-            .qmethod_matmul(x, &*self.attention_wq)?
-            .to_dtype(self.dtype)?;
-        let k = MatMul
-            .qmethod_matmul(x, &*self.attention_wk)?
-            .to_dtype(self.dtype)?;
-        let v = MatMul
-            .qmethod_matmul(x, &*self.attention_wv)?
-            .to_dtype(self.dtype)?;
+        let qkv = self.attention_wqkv.forward(x)?;
+        let [q, k, v] = &qkv[..] else {
+            candle_core::bail!("attention has three input projections, got {}", qkv.len());
+        };
+        let q = q.to_dtype(self.dtype)?;
+        let k = k.to_dtype(self.dtype)?;
+        let v = v.to_dtype(self.dtype)?;
 
         let (q, k, v) = if seq_len != 1 {
             let q = q
@@ -275,37 +407,13 @@ impl ModelConfig::FromGGML for ModelWeights {
                 let feed_forward_w1 = ct.remove(&format!("{prefix}.feed_forward.w1.weight"))?;
                 let feed_forward_w2 = ct.remove(&format!("{prefix}.feed_forward.w2.weight"))?;
                 let feed_forward_w3 = ct.remove(&format!("{prefix}.feed_forward.w3.weight"))?;
-                MlpOrMoe::Mlp(Mlp {
-                    feed_forward_w1: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w1),
-                        b: None,
-                    })?),
-                    feed_forward_w2: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w2),
-                        b: None,
-                    })?),
-                    feed_forward_w3: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w3),
-                        b: None,
-                    })?),
-                })
+                MlpOrMoe::Mlp(Mlp::new(feed_forward_w1, feed_forward_w2, feed_forward_w3)?)
             };
             let attention_norm = ct.remove(&format!("{prefix}.attention_norm.weight"))?;
             let ffn_norm = ct.remove(&format!("{prefix}.ffn_norm.weight"))?;
             let n_kv_head = ct.hparams.n_head as usize / gqa;
             layers.push(LayerWeights {
-                attention_wq: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wq),
-                    b: None,
-                })?),
-                attention_wk: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wk),
-                    b: None,
-                })?),
-                attention_wv: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wv),
-                    b: None,
-                })?),
+                attention_wqkv: Projections::new(vec![attention_wq, attention_wk, attention_wv])?,
                 attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
                     q_weight: Arc::new(attention_wo),
                     b: None,
@@ -510,20 +618,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 let feed_forward_w1 = ct.tensor(&format!("{prefix}.ffn_gate.weight"), device)?;
                 let feed_forward_w2 = ct.tensor(&format!("{prefix}.ffn_down.weight"), device)?;
                 let feed_forward_w3 = ct.tensor(&format!("{prefix}.ffn_up.weight"), device)?;
-                MlpOrMoe::Mlp(Mlp {
-                    feed_forward_w1: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w1),
-                        b: None,
-                    })?),
-                    feed_forward_w2: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w2),
-                        b: None,
-                    })?),
-                    feed_forward_w3: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                        q_weight: Arc::new(feed_forward_w3),
-                        b: None,
-                    })?),
-                })
+                MlpOrMoe::Mlp(Mlp::new(feed_forward_w1, feed_forward_w2, feed_forward_w3)?)
             } else {
                 let feed_forward_gate_inp =
                     ct.tensor(&format!("{prefix}.ffn_gate_inp.weight"), device)?;
@@ -557,26 +652,11 @@ impl ModelConfig::FromGGUF for ModelWeights {
                             .into_iter()
                             .zip(dequant_ffn_down.into_iter().zip(dequant_ffn_up))
                         {
-                            experts.push(Mlp {
-                                feed_forward_w1: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(QTensor::quantize(&ff_w1, gate_type)?),
-                                        b: None,
-                                    },
-                                )?),
-                                feed_forward_w2: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(QTensor::quantize(&ff_w2, down_type)?),
-                                        b: None,
-                                    },
-                                )?),
-                                feed_forward_w3: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(QTensor::quantize(&ff_w3, up_type)?),
-                                        b: None,
-                                    },
-                                )?),
-                            })
+                            experts.push(Mlp::new(
+                                QTensor::quantize(&ff_w1, gate_type)?,
+                                QTensor::quantize(&ff_w2, down_type)?,
+                                QTensor::quantize(&ff_w3, up_type)?,
+                            )?)
                         }
                     }
                     Err(_) => {
@@ -587,26 +667,11 @@ impl ModelConfig::FromGGUF for ModelWeights {
                                 ct.tensor(&format!("{prefix}.ffn_down.{i}.weight"), device)?;
                             let feed_forward_w3 =
                                 ct.tensor(&format!("{prefix}.ffn_up.{i}.weight"), device)?;
-                            experts.push(Mlp {
-                                feed_forward_w1: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(feed_forward_w1),
-                                        b: None,
-                                    },
-                                )?),
-                                feed_forward_w2: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(feed_forward_w2),
-                                        b: None,
-                                    },
-                                )?),
-                                feed_forward_w3: Arc::new(GgufMatMul::new(
-                                    QuantMethodConfig::Gguf {
-                                        q_weight: Arc::new(feed_forward_w3),
-                                        b: None,
-                                    },
-                                )?),
-                            })
+                            experts.push(Mlp::new(
+                                feed_forward_w1,
+                                feed_forward_w2,
+                                feed_forward_w3,
+                            )?)
                         }
                     }
                 }
@@ -628,18 +693,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
                 }
             };
             layers.push(LayerWeights {
-                attention_wq: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wq),
-                    b: None,
-                })?),
-                attention_wk: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wk),
-                    b: None,
-                })?),
-                attention_wv: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wv),
-                    b: None,
-                })?),
+                attention_wqkv: Projections::new(vec![attention_wq, attention_wk, attention_wv])?,
                 attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
                     q_weight: Arc::new(attention_wo),
                     b: None,

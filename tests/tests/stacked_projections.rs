@@ -1,0 +1,97 @@
+//! The GGUF Llama model's stacked projections (vendored mistral.rs patch item 8,
+//! `vendor/mistralrs-core/AIAAS-PATCH.md`: query, key and value as one quantized matmul, gate
+//! and up as another) compute exactly what the separate matmuls compute.
+//!
+//! A test binary of its own: it switches the stacking off through the environment between two
+//! loads of the model, which no other test in the process may observe.
+
+use aiaas_engine::{
+    Engine, EngineConfig, GenerateRequest, Generation, ModelSpec, Prompt, Sampling,
+};
+
+const MODEL: &str = "tiny-llama-q4_1";
+
+/// Greedy generations with the top-5 log-probabilities of every token: prompts of several
+/// lengths one at a time (one-row decoding, prompts of several rows), then the same prompts at
+/// once (batched decoding, whose stacked outputs are strided views of the matmul's result).
+async fn generations() -> Vec<Generation> {
+    let dir = aiaas_tests::fixtures();
+    let spec = ModelSpec {
+        id: MODEL.into(),
+        source: dir
+            .join("tiny-llama-q4_1.gguf")
+            .to_string_lossy()
+            .into_owned(),
+        kind: None,
+        chat_template: None,
+        dtype: None,
+        max_seq_len: None,
+        isq: None,
+        device: Some("cpu".into()),
+    };
+    let engine = Engine::load(EngineConfig::default(), vec![spec])
+        .await
+        .expect("the quantized tiny GGUF loads");
+    let request = |prompt: &str, max_tokens: usize| GenerateRequest {
+        model: MODEL.into(),
+        prompt: Prompt::Text(prompt.into()),
+        sampling: Sampling {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            logprobs: true,
+            top_logprobs: 5,
+            ..Sampling::default()
+        },
+    };
+    let prompts = [
+        ("hi", 24),
+        ("tell me a long story about a cat and a dog", 17),
+        (
+            "one two three four five six seven eight nine ten eleven",
+            30,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (prompt, max_tokens) in prompts {
+        out.push(
+            engine
+                .generate(request(prompt, max_tokens))
+                .await
+                .expect("generation"),
+        );
+    }
+    let together = futures::future::join_all(
+        prompts
+            .iter()
+            .map(|&(prompt, max_tokens)| engine.generate(request(prompt, max_tokens))),
+    )
+    .await;
+    for generation in together {
+        out.push(generation.expect("generation"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn stacked_projections_give_the_logprobs_of_separate_ones() {
+    let before = mistralrs_core::stacked_projection_count();
+    let stacked = generations().await;
+    // Two layers, each with query|key|value and gate|up stacked.
+    assert_eq!(mistralrs_core::stacked_projection_count() - before, 4);
+
+    std::env::set_var("AIAAS_STACKED_PROJECTIONS", "off");
+    let separate = generations().await;
+    std::env::remove_var("AIAAS_STACKED_PROJECTIONS");
+    assert_eq!(
+        mistralrs_core::stacked_projection_count() - before,
+        4,
+        "AIAAS_STACKED_PROJECTIONS=off keeps the projections apart"
+    );
+
+    for (i, (a, b)) in stacked.iter().zip(&separate).enumerate() {
+        let logprobs = a.choices[0].logprobs.as_ref().expect("logprobs");
+        assert!(logprobs.len() >= 10, "generation {i}: {logprobs:?}");
+        assert_eq!(a, b, "generation {i}");
+    }
+    assert_eq!(stacked.len(), separate.len());
+}
