@@ -8,7 +8,8 @@
 # Environment: A (required), B (default: the current test build), CONCURRENCY (1,8), REPS (3),
 # REQUESTS (max(concurrency, 4) per level), MAX_TOKENS (128), PROMPT_WORDS (86), PROMPT_SPREAD
 # (0: every prompt the same length; N: request i adds i % (N + 1) words), STAGGER_MS (0: the
-# concurrent clients start together; N: client k starts k * N ms after the first), MODEL.
+# concurrent clients start together; N: client k starts k * N ms after the first), MODEL, RAW
+# (a file to keep every repetition's figures in, as JSON lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
@@ -51,3 +52,4 @@ for rep in $(seq 1 "$REPS"); do
 done
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(basename "$MODEL"), A=$A, B=$B, medians of $REPS:"
 "$BIN/aiaas-report" "$WORK/raw.jsonl" --only-table
+if [ -n "${RAW:-}" ]; then cp "$WORK/raw.jsonl" "$RAW"; fi

@@ -4,8 +4,8 @@
 //! together) and a prompt's rows.
 //!
 //! Prints, per quantisation type and row count, the median time of one layer's seven matmuls
-//! over several runs, per row, and the multiply-adds per second that makes. The weights are
-//! random; speed does not depend on their values.
+//! (four with `--fused`) over several runs, per row, and the multiply-adds per second that
+//! makes. The weights are random; speed does not depend on their values.
 
 use std::time::Instant;
 
@@ -36,6 +36,11 @@ struct Args {
     /// Milliseconds of work per timed run (whole layers, at least one).
     #[arg(long, default_value_t = 200)]
     run_ms: u64,
+    /// The layer's matmuls as the GGUF Llama model runs them since aiaas's mistral.rs patch
+    /// item 8: query, key and value as one matmul, gate and up as one (four calls, not seven;
+    /// the same multiply-adds).
+    #[arg(long)]
+    fused: bool,
 }
 
 /// (input width, output width) of the seven matmuls of one layer.
@@ -46,6 +51,15 @@ const LAYER: [(usize, usize); 7] = [
     (576, 576),  // o
     (576, 1536), // gate
     (576, 1536), // up
+    (1536, 576), // down
+];
+
+/// The same layer with the query, key and value weights stacked into one matrix, and the gate
+/// and up weights into another.
+const FUSED_LAYER: [(usize, usize); 4] = [
+    (576, 960),  // q | k | v
+    (576, 576),  // o
+    (576, 3072), // gate | up
     (1536, 576), // down
 ];
 
@@ -74,14 +88,15 @@ fn main() -> Result<()> {
 
 fn run(args: &Args) -> Result<()> {
     let device = Device::Cpu;
-    let macs_per_row: usize = LAYER.iter().map(|(k, n)| k * n).sum();
+    let layer_shapes: &[(usize, usize)] = if args.fused { &FUSED_LAYER } else { &LAYER };
+    let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
     println!("| type | rows | layer ms (median) | per row µs | GMAC/s |");
     println!("|---|---|---|---|---|");
     for name in &args.dtypes {
         let dtype = dtype(name)?;
         let mats = (0..args.layers.max(1))
             .map(|_| {
-                LAYER
+                layer_shapes
                     .iter()
                     .map(|&(k, n)| {
                         let w = Tensor::rand(-1f32, 1f32, (n, k), &device)?;
@@ -91,7 +106,7 @@ fn run(args: &Args) -> Result<()> {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         for &rows in &args.rows {
-            let inputs = LAYER
+            let inputs = layer_shapes
                 .iter()
                 .map(|&(k, _)| Tensor::rand(-1f32, 1f32, (rows, k), &device))
                 .collect::<candle_core::Result<Vec<_>>>()?;
