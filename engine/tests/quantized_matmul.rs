@@ -196,3 +196,106 @@ fn input_blocks_are_quantized_as_upstream_does() {
         }
     }
 }
+
+/// What the packed Q4_1 prompt kernel (candle patch item 8) computes for one output, from the
+/// weight row's Q4_1 blocks and the input row's Q8_1 blocks: per block the exact integer sum
+/// of the 32 products, then `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`.
+fn packed_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
+    let f16_at = |bytes: &[u8], at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let mut acc = 0f32;
+    for (w, y) in weight_row.chunks_exact(20).zip(input_row.chunks_exact(36)) {
+        let sum: i32 = (0..32)
+            .map(|i| {
+                let q = if i < 16 {
+                    w[4 + i] & 0xF
+                } else {
+                    w[4 + i - 16] >> 4
+                };
+                i32::from(q) * i32::from(y[4 + i] as i8)
+            })
+            .sum();
+        let (d_w, m_w) = (f16_at(w, 0).to_f32(), f16_at(w, 2).to_f32());
+        let (d_y, s_y) = (f16_at(y, 0).to_f32(), f16_at(y, 2).to_f32());
+        acc = (sum as f32).mul_add(d_w * d_y, acc);
+        acc = m_w.mul_add(s_y, acc);
+    }
+    acc
+}
+
+/// A prompt's rows (an input of shape `(batch, rows, k)` with more than one row per sequence)
+/// go through the packed Q4_1 kernel: it matches the dequantized weights, computes exactly the
+/// arithmetic of `packed_q4_1_reference` for every output (so a row's results do not depend on
+/// the rows beside it, nor on the prompts it is batched with), and `set_packed_prompts(false)`
+/// brings back the row kernels. One test, since the switch is process-wide.
+#[test]
+fn prompt_rows_through_the_packed_kernel() {
+    use candle_core::quantized::k_quants::set_packed_prompts;
+    let device = Device::Cpu;
+    // 67 weight rows: the last panel of eight is short.
+    for (k, n) in [(576, 192), (1536, 67)] {
+        let weights = Tensor::from_vec(values(n * k, 5), (n, k), &device).unwrap();
+        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let weight_bytes = quantized.data().unwrap().to_vec();
+        let dequantized = quantized.dequantize(&device).unwrap();
+        let matmul = QMatMul::from_qtensor(quantized).unwrap();
+        for (batch, rows) in [(1, 2), (1, 9), (3, 5), (2, 33)] {
+            let len = batch * rows * k;
+            let input =
+                Tensor::from_vec(values(len, 40 + rows as u64), (batch, rows, k), &device).unwrap();
+            let flat = input.reshape((batch * rows, k)).unwrap();
+            let got: Vec<Vec<f32>> = matmul
+                .forward(&input)
+                .unwrap()
+                .reshape((batch * rows, n))
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            let input_bytes = QTensor::quantize(&flat, GgmlDType::Q8_1)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec();
+            let expected: Vec<Vec<f32>> = flat
+                .matmul(&dequantized.t().unwrap())
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            let row_bytes = (k / 32) * 36;
+            for (r, got) in got.iter().enumerate() {
+                let input_row = &input_bytes[r * row_bytes..(r + 1) * row_bytes];
+                for (c, g) in got.iter().enumerate() {
+                    let weight_row = &weight_bytes[c * (k / 32) * 20..(c + 1) * (k / 32) * 20];
+                    let exact = packed_q4_1_reference(weight_row, input_row);
+                    assert_eq!(
+                        g.to_bits(),
+                        exact.to_bits(),
+                        "{k} x {n}, {batch} x {rows} rows: [{r}][{c}] = {g}, expected {exact}"
+                    );
+                    let e = expected[r][c];
+                    assert!(
+                        (g - e).abs() <= 0.02 * scale,
+                        "{k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
+                    );
+                }
+            }
+            // Switched off, a prompt's rows take the row kernels, which give a matrix's rows
+            // exactly what they give a prompt's.
+            set_packed_prompts(false);
+            let rows_off: Vec<Vec<f32>> = matmul
+                .forward(&input)
+                .unwrap()
+                .reshape((batch * rows, n))
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            set_packed_prompts(true);
+            let matrix: Vec<Vec<f32>> = matmul.forward(&flat).unwrap().to_vec2().unwrap();
+            assert_eq!(
+                rows_off, matrix,
+                "{k} x {n}, {batch} x {rows}: switched off"
+            );
+            assert_ne!(rows_off, got, "{k} x {n}: the packed kernel did not run");
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! The GGUF Llama model's stacked projections (vendored mistral.rs patch item 8,
 //! `vendor/mistralrs-core/AIAAS-PATCH.md`: query, key and value as one quantized matmul, gate
-//! and up as another) compute exactly what the separate matmuls compute.
+//! and up as another) compute exactly what the separate matmuls compute; and its Q4_1 prompts,
+//! which go through candle's packed prompt kernel (`vendor/candle-core/AIAAS-PATCH.md`, item
+//! 8), give each request the same generation alone and among others.
 //!
 //! A test binary of its own: it switches the stacking off through the environment between two
 //! loads of the model, which no other test in the process may observe.
@@ -50,6 +52,11 @@ async fn generations() -> Vec<Generation> {
             "one two three four five six seven eight nine ten eleven",
             30,
         ),
+        // As long as the one before (checked below): the two prompts are prefilled together.
+        (
+            "one five four eleven three ten six two eight seven nine",
+            20,
+        ),
     ];
     let mut out = Vec::new();
     for (prompt, max_tokens) in prompts {
@@ -87,6 +94,15 @@ async fn stacked_projections_give_the_logprobs_of_separate_ones() {
         4,
         "AIAAS_STACKED_PROJECTIONS=off keeps the projections apart"
     );
+
+    // Alone or together (prompts of one length prefilled as one batch, sequences of
+    // different lengths decoded in one step), each request gets the same generation: the
+    // packed prompt kernel's results for a row do not depend on the rows beside it.
+    let (alone, together) = stacked.split_at(stacked.len() / 2);
+    assert_eq!(alone[2].usage.prompt_tokens, alone[3].usage.prompt_tokens);
+    for (i, (a, b)) in alone.iter().zip(together).enumerate() {
+        assert_eq!(a, b, "prompt {i}: alone and together");
+    }
 
     for (i, (a, b)) in stacked.iter().zip(&separate).enumerate() {
         let logprobs = a.choices[0].logprobs.as_ref().expect("logprobs");

@@ -41,6 +41,15 @@ struct Args {
     /// the same multiply-adds).
     #[arg(long)]
     fused: bool,
+    /// The rows as one prompt's (an input of shape 1 x rows x k, as the model runs a prompt)
+    /// rather than independent rows (rows x k, as a decoding batch). Since aiaas's candle patch
+    /// item 8, a prompt's rows take the packed kernel where the type has one (Q4_1).
+    #[arg(long)]
+    prompt: bool,
+    /// With `--prompt`: comma-separated settings of the packed prompt kernel to time, one after
+    /// the other for each row count (`on`, `off`: the row kernels, as before item 8).
+    #[arg(long, default_value = "on", value_delimiter = ',')]
+    packed: Vec<String>,
 }
 
 /// (input width, output width) of the seven matmuls of one layer.
@@ -90,8 +99,20 @@ fn run(args: &Args) -> Result<()> {
     let device = Device::Cpu;
     let layer_shapes: &[(usize, usize)] = if args.fused { &FUSED_LAYER } else { &LAYER };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
-    println!("| type | rows | layer ms (median) | per row µs | GMAC/s |");
-    println!("|---|---|---|---|---|");
+    let packed: Vec<bool> = if args.prompt {
+        args.packed
+            .iter()
+            .map(|p| match p.as_str() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                other => anyhow::bail!("--packed takes on or off, not {other}"),
+            })
+            .collect::<Result<_>>()?
+    } else {
+        vec![false]
+    };
+    println!("| type | rows | input | layer ms (median) | per row µs | GMAC/s |");
+    println!("|---|---|---|---|---|---|");
     for name in &args.dtypes {
         let dtype = dtype(name)?;
         let mats = (0..args.layers.max(1))
@@ -105,10 +126,27 @@ fn run(args: &Args) -> Result<()> {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        for &rows in &args.rows {
+        for (&rows, &packed) in args
+            .rows
+            .iter()
+            .flat_map(|rows| packed.iter().map(move |packed| (rows, packed)))
+        {
+            candle_core::quantized::k_quants::set_packed_prompts(packed);
+            let input = match (args.prompt, packed) {
+                (false, _) => "rows",
+                (true, true) => "prompt, packed",
+                (true, false) => "prompt, row kernels",
+            };
             let inputs = layer_shapes
                 .iter()
-                .map(|&(k, _)| Tensor::rand(-1f32, 1f32, (rows, k), &device))
+                .map(|&(k, _)| {
+                    let x = Tensor::rand(-1f32, 1f32, (rows, k), &device)?;
+                    if args.prompt {
+                        x.unsqueeze(0)
+                    } else {
+                        Ok(x)
+                    }
+                })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let layer = || -> candle_core::Result<()> {
                 for mats in &mats {
@@ -136,7 +174,7 @@ fn run(args: &Args) -> Result<()> {
             // Per layer.
             let median = times[times.len() / 2] / mats.len() as f64;
             println!(
-                "| {name} | {rows} | {:.3} | {:.1} | {:.1} |",
+                "| {name} | {rows} | {input} | {:.3} | {:.1} | {:.1} |",
                 median * 1e3,
                 median * 1e6 / rows as f64,
                 (macs_per_row * rows) as f64 / median / 1e9

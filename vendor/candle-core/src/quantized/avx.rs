@@ -235,6 +235,88 @@ pub(crate) fn vec_dot_q4_1_q8_1_x4(
     }
 }
 
+// aiaas patch: how many u32 words `pack_q4_1_x8` writes per block of eight weight rows: eight
+// vectors of 32 bytes (the values), then the eight rows' `d`, then their `m`, as f32.
+pub(crate) const PACKED_Q4_1_WORDS: usize = 80;
+
+// aiaas patch: eight Q4_1 weight rows (`rows` of them, `blocks` blocks each, one after another
+// in `xs`; missing rows are zeros) repacked for `gemm_q4_1_q8_1`. Per block, vector `g` holds
+// the values `4g..4g + 4` of each row (row `j` in bytes `4j..4j + 4`) as bytes 0..=15, so one
+// `maddubs` with four input values broadcast to every lane multiplies them with all eight rows.
+pub(crate) fn pack_q4_1_x8(xs: &[BlockQ4_1], blocks: usize, rows: usize, out: &mut [u32]) {
+    assert!(rows <= 8 && xs.len() >= rows * blocks);
+    assert!(out.len() >= blocks * PACKED_Q4_1_WORDS);
+    out[..blocks * PACKED_Q4_1_WORDS].fill(0);
+    for j in 0..rows {
+        for (b, x) in xs[j * blocks..(j + 1) * blocks].iter().enumerate() {
+            let mut values = [0u32; 8];
+            // SAFETY: AVX2 is enabled (this module is only built with it); `values` is 32 bytes.
+            unsafe {
+                let v = bytes_from_nibbles_32(x.qs.as_ptr());
+                _mm256_storeu_si256(values.as_mut_ptr() as *mut __m256i, v);
+            }
+            let block = &mut out[b * PACKED_Q4_1_WORDS..(b + 1) * PACKED_Q4_1_WORDS];
+            for (g, v) in values.into_iter().enumerate() {
+                block[g * 8 + j] = v;
+            }
+            block[64 + j] = x.d.to_f32().to_bits();
+            block[72 + j] = x.m.to_f32().to_bits();
+        }
+    }
+}
+
+// aiaas patch: `R` input rows (Q8_1, `blocks` blocks each, one after another in `ys`) times the
+// eight weight rows `packed` (`pack_q4_1_x8`): `R` vectors of eight results, one lane per weight
+// row. Per block and row, the 32 products are summed exactly as integers (each `maddubs` pair is
+// at most 2 * 15 * 128 = 3,840 in magnitude, so the eight groups' sum fits an i16), then
+// `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`. `ys_d` / `ys_s` are the
+// rows' block scales as f32 (row after row). Each result is computed by the same operations
+// whatever `R` is and wherever its row and weight row sit, so a row's results do not depend on
+// the rows it is multiplied with.
+#[inline(always)]
+pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
+    blocks: usize,
+    packed: &[u32],
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+) -> [[f32; 8]; R] {
+    assert!(packed.len() >= blocks * PACKED_Q4_1_WORDS);
+    assert!(ys.len() >= R * blocks && ys_d.len() >= R * blocks && ys_s.len() >= R * blocks);
+    // SAFETY: AVX2 and FMA are enabled (this module is only built with them); every read is
+    // within the slices checked above.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let w = packed.as_ptr().add(b * PACKED_Q4_1_WORDS);
+            let mut sums = [_mm256_setzero_si256(); R];
+            for g in 0..8 {
+                let wg = _mm256_loadu_si256(w.add(g * 8) as *const __m256i);
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let y = ys.get_unchecked(r * blocks + b).qs.as_ptr().add(4 * g);
+                    let y = _mm256_set1_epi32((y as *const i32).read_unaligned());
+                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(wg, y));
+                }
+            }
+            let wd = _mm256_loadu_ps(w.add(64) as *const f32);
+            let wm = _mm256_loadu_ps(w.add(72) as *const f32);
+            for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+                let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
+                *acc = _mm256_fmadd_ps(q, d, *acc);
+                let s = _mm256_set1_ps(*ys_s.get_unchecked(r * blocks + b));
+                *acc = _mm256_fmadd_ps(wm, s, *acc);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+        out
+    }
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(

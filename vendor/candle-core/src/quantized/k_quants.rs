@@ -76,6 +76,21 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
             *out = Self::vec_dot(n, xs, &ys[row * blocks..(row + 1) * blocks]);
         }
     }
+
+    /// aiaas patch: the product of `m` quantized input rows `ys` (a prompt's) with the `n`
+    /// weight rows `xs` of `k` values into `dst` (`m` x `n`, row-major) through a kernel that
+    /// repacks the weight rows eight at a time, so that each of its operations serves eight
+    /// outputs; `false`, with nothing written, where the type has none. Its results are not
+    /// bit-identical to `vec_dot`'s (the order of its additions differs), but each output
+    /// depends only on its own input row and weight row.
+    fn matmul_packed(
+        _mkn: (usize, usize, usize),
+        _xs: &[Self],
+        _ys: &[Self::VecDotType],
+        _dst: &mut [f32],
+    ) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -396,6 +411,17 @@ impl GgmlType for BlockQ4_1 {
             |ys, scales| super::avx::vec_dot_q4_1_q8_1_x4(n, xs, ys, scales),
             |ys| super::avx::vec_dot_q4_1_q8_1(n, xs, ys),
         )
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn matmul_packed(
+        mkn: (usize, usize, usize),
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        dst: &mut [f32],
+    ) -> bool {
+        matmul_packed_q4_1(mkn, xs, ys, dst);
+        true
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2422,7 +2448,24 @@ impl GgmlType for BlockQ8K {
 
 // https://github.com/ggml-org/llama.cpp/blob/aa3ee0eb0b80efca126cedf9bcb4fb5864b46ce3/ggml/src/ggml-cpu/ggml-cpu.c#L1205
 pub fn matmul<T: GgmlType>(
+    mkn: (usize, usize, usize),
+    lhs: &[f32],
+    rhs_t: &[T],
+    dst: &mut [f32],
+) -> Result<()> {
+    matmul_in_sequences(mkn, 1, lhs, rhs_t, dst)
+}
+
+/// aiaas patch: `matmul` of input rows that are sequences of `seq_len` rows each (the rows of
+/// one prompt, or of several prompts of the same length). With more than one row per sequence
+/// (prompts), a weight type with a packed kernel (`GgmlType::matmul_packed`, Q4_1 with AVX2)
+/// runs through it unless `set_packed_prompts(false)` or `AIAAS_PACKED_PROMPTS=off` said
+/// otherwise. Decoding (one row per sequence, alone or batched) keeps the row kernels, whose
+/// results are the same for a row alone and in a batch; so are the packed kernel's for a
+/// prompt alone and among prompts of its length.
+pub fn matmul_in_sequences<T: GgmlType>(
     (m, k, n): (usize, usize, usize),
+    seq_len: usize,
     lhs: &[f32],
     rhs_t: &[T],
     dst: &mut [f32],
@@ -2453,13 +2496,28 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
+    if seq_len > 1 && m > 1 && packed_prompts() {
+        assert!(
+            dst.len() >= m * n,
+            "matmul: {} outputs for {m} x {n}",
+            dst.len()
+        );
+        if T::matmul_packed((m, k, n), rhs_t, &lhs_b, dst) {
+            return Ok(());
+        }
+    }
+
+    // aiaas patch: how many weight rows ahead of its use a weight row is requested from memory
+    // where the weights are read once per call (`PREFETCH_BYTES` ahead).
+    let weight_rows_ahead =
+        PREFETCH_BYTES.div_ceil((k_in_blocks * std::mem::size_of::<T>()).max(1));
+
     if m == 1 {
         // aiaas patch: each weight row's blocks are requested from memory a few rows before
-        // they are used (`PREFETCH_BYTES` ahead), as one row's dot product is too short for the
-        // hardware prefetcher alone to keep up: decoding one sequence streams the whole model
-        // from memory once per token.
-        let row_bytes = k_in_blocks * std::mem::size_of::<T>();
-        let ahead = PREFETCH_BYTES.div_ceil(row_bytes.max(1));
+        // they are used, as one row's dot product is too short for the hardware prefetcher
+        // alone to keep up: decoding one sequence streams the whole model from memory once
+        // per token.
+        let ahead = weight_rows_ahead;
         dst[..n]
             .par_iter_mut()
             .enumerate()
@@ -2496,11 +2554,7 @@ pub fn matmul<T: GgmlType>(
     // With one group of input rows (a batch of decoding sequences), each weight row is read
     // once, from memory, as in the one-row path: prefetch it the same way. With several groups
     // (a prompt), the block's weight rows come from L2 after the first group.
-    let ahead = if m <= group {
-        PREFETCH_BYTES.div_ceil((k_in_blocks * std::mem::size_of::<T>()).max(1))
-    } else {
-        0
-    };
+    let ahead = if m <= group { weight_rows_ahead } else { 0 };
     (0..blocks_of_cols).into_par_iter().for_each_init(
         || vec![0f32; group],
         |out, block| {
@@ -2529,6 +2583,78 @@ pub fn matmul<T: GgmlType>(
         },
     );
     Ok(())
+}
+
+/// aiaas patch: `GgmlType::matmul_packed` for Q4_1 weights. Each task takes eight weight rows,
+/// repacks them (`avx::pack_q4_1_x8`, ~2.5 KB per row of 576 values, in L1) and multiplies them
+/// with every input row, four rows per pass (`avx::gemm_q4_1_q8_1`), writing its own columns
+/// of `dst`. The input rows' block scales are converted to f32 once, before the parallel part.
+#[cfg(target_feature = "avx2")]
+fn matmul_packed_q4_1(
+    (m, k, n): (usize, usize, usize),
+    xs: &[BlockQ4_1],
+    ys: &[BlockQ8_1],
+    dst: &mut [f32],
+) {
+    use super::avx::{gemm_q4_1_q8_1, pack_q4_1_x8, PACKED_Q4_1_WORDS};
+    let blocks = k.div_ceil(QK4_1);
+    assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
+    let ys_d: Vec<f32> = ys[..m * blocks].iter().map(|y| y.d.to_f32()).collect();
+    let ys_s: Vec<f32> = ys[..m * blocks].iter().map(|y| y.s.to_f32()).collect();
+    let cols = ColumnWriter(dst.as_mut_ptr());
+    (0..n.div_ceil(8)).into_par_iter().for_each_init(
+        || vec![0u32; blocks * PACKED_Q4_1_WORDS],
+        |packed, panel| {
+            let first = panel * 8;
+            let width = 8.min(n - first);
+            pack_q4_1_x8(&xs[first * blocks..(first + width) * blocks], blocks, width, packed);
+            let write = |row: usize, values: &[f32; 8]| {
+                for (c, value) in values[..width].iter().enumerate() {
+                    // SAFETY: `row < m` and `first + c < n`, so the index is below `m * n <=
+                    // dst.len()`, and only this panel's task writes these columns.
+                    unsafe { cols.write(row * n + first + c, *value) };
+                }
+            };
+            let mut row = 0;
+            while row < m {
+                let rows = if m - row >= 4 { 4 } else { 1 };
+                let range = row * blocks..(row + rows) * blocks;
+                let (ys, ys_d, ys_s) = (&ys[range.clone()], &ys_d[range.clone()], &ys_s[range]);
+                if rows == 4 {
+                    let out = gemm_q4_1_q8_1::<4>(blocks, packed, ys, ys_d, ys_s);
+                    for (r, values) in out.iter().enumerate() {
+                        write(row + r, values);
+                    }
+                } else {
+                    write(row, &gemm_q4_1_q8_1::<1>(blocks, packed, ys, ys_d, ys_s)[0]);
+                }
+                row += rows;
+            }
+        },
+    );
+}
+
+/// aiaas patch: whether `matmul_in_sequences` runs prompts through the packed kernels: 0 not
+/// read yet, 1 on, 2 off. On unless `AIAAS_PACKED_PROMPTS=off` is in the environment.
+static PACKED_PROMPTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// aiaas patch: turns the packed prompt kernels on or off (for side-by-side measurements and
+/// tests), whatever the environment says.
+pub fn set_packed_prompts(on: bool) {
+    PACKED_PROMPTS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn packed_prompts() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match PACKED_PROMPTS.load(Relaxed) {
+        0 => {
+            let on = !matches!(std::env::var("AIAAS_PACKED_PROMPTS").as_deref(), Ok("off"));
+            // A concurrent `set_packed_prompts` wins over the environment.
+            let _ = PACKED_PROMPTS.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
+            PACKED_PROMPTS.load(Relaxed) == 1
+        }
+        state => state == 1,
+    }
 }
 
 /// aiaas patch: how far ahead of its use `matmul` prefetches weight rows (one input row, or one
