@@ -2586,9 +2586,9 @@ pub fn matmul_in_sequences<T: GgmlType>(
 }
 
 /// aiaas patch: `GgmlType::matmul_packed` for Q4_1 weights. Each task takes eight weight rows,
-/// repacks them (`avx::pack_q4_1_x8`, ~2.5 KB per row of 576 values, in L1) and multiplies them
-/// with every input row, four rows per pass (`avx::gemm_q4_1_q8_1`), writing its own columns
-/// of `dst`. The input rows' block scales are converted to f32 once, before the parallel part.
+/// repacks them (`avx::pack_q4_1_x8`: 320 bytes per block, 5.6 KB for rows of 576 values, in
+/// L1) and multiplies them with every input row, four rows per pass (`avx::gemm_q4_1_q8_1`),
+/// writing its own columns of `dst`. The input rows' block scales are converted to f32 once, before the parallel part.
 #[cfg(target_feature = "avx2")]
 fn matmul_packed_q4_1(
     (m, k, n): (usize, usize, usize),
