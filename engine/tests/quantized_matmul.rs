@@ -222,7 +222,7 @@ fn packed_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
     acc
 }
 
-/// A prompt's rows (an input of shape `(batch, rows, k)` with more than one row per sequence)
+/// A prompt's rows (an input of shape `(batch, rows, k)` with at least six rows per sequence)
 /// go through the packed Q4_1 kernel: it matches the dequantized weights, computes exactly the
 /// arithmetic of `packed_q4_1_reference` for every output (so a row's results do not depend on
 /// the rows beside it, nor on the prompts it is batched with), and `set_packed_prompts(false)`
@@ -238,7 +238,7 @@ fn prompt_rows_through_the_packed_kernel() {
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
-        for (batch, rows) in [(1, 2), (1, 9), (3, 5), (2, 33)] {
+        for (batch, rows) in [(1, 6), (1, 9), (3, 7), (2, 33)] {
             let len = batch * rows * k;
             let input =
                 Tensor::from_vec(values(len, 40 + rows as u64), (batch, rows, k), &device).unwrap();
@@ -296,6 +296,22 @@ fn prompt_rows_through_the_packed_kernel() {
                 "{k} x {n}, {batch} x {rows}: switched off"
             );
             assert_ne!(rows_off, got, "{k} x {n}: the packed kernel did not run");
+        }
+        // Shorter prompts (fewer than six rows per sequence, however many sequences) keep the
+        // row kernels, which are faster for them.
+        for (batch, rows) in [(1, 2), (1, 5), (4, 5)] {
+            let input =
+                Tensor::from_vec(values(batch * rows * k, 70), (batch, rows, k), &device).unwrap();
+            let flat = input.reshape((batch * rows, k)).unwrap();
+            let got: Vec<Vec<f32>> = matmul
+                .forward(&input)
+                .unwrap()
+                .reshape((batch * rows, n))
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            let matrix: Vec<Vec<f32>> = matmul.forward(&flat).unwrap().to_vec2().unwrap();
+            assert_eq!(got, matrix, "{k} x {n}, {batch} x {rows}: a short prompt");
         }
     }
 }

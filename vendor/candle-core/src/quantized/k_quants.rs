@@ -2457,12 +2457,13 @@ pub fn matmul<T: GgmlType>(
 }
 
 /// aiaas patch: `matmul` of input rows that are sequences of `seq_len` rows each (the rows of
-/// one prompt, or of several prompts of the same length). With more than one row per sequence
-/// (prompts), a weight type with a packed kernel (`GgmlType::matmul_packed`, Q4_1 with AVX2)
-/// runs through it unless `set_packed_prompts(false)` or `AIAAS_PACKED_PROMPTS=off` said
-/// otherwise. Decoding (one row per sequence, alone or batched) keeps the row kernels, whose
-/// results are the same for a row alone and in a batch; so are the packed kernel's for a
-/// prompt alone and among prompts of its length.
+/// one prompt, or of several prompts of the same length). With at least `PACKED_MIN_ROWS` rows
+/// per sequence (prompts), a weight type with a packed kernel (`GgmlType::matmul_packed`, Q4_1
+/// with AVX2) runs through it unless `set_packed_prompts(false)` or
+/// `AIAAS_PACKED_PROMPTS=off` said otherwise. Decoding (one row per sequence, alone or batched)
+/// and shorter prompts keep the row kernels, whose results are the same for a row alone and in
+/// a batch; so are the packed kernel's for a prompt alone and among prompts of its length (the
+/// choice depends on the rows per sequence, not on the batch).
 pub fn matmul_in_sequences<T: GgmlType>(
     (m, k, n): (usize, usize, usize),
     seq_len: usize,
@@ -2496,7 +2497,7 @@ pub fn matmul_in_sequences<T: GgmlType>(
         }
     }
 
-    if seq_len > 1 && m > 1 && packed_prompts() {
+    if seq_len >= PACKED_MIN_ROWS && packed_prompts() {
         assert!(
             dst.len() >= m * n,
             "matmul: {} outputs for {m} x {n}",
@@ -2633,6 +2634,12 @@ fn matmul_packed_q4_1(
         },
     );
 }
+
+/// aiaas patch: the fewest rows per sequence for which `matmul_in_sequences` repacks the
+/// weights. `aiaas-qmatmul --fused --prompt --packed on,off` (one layer, four alternating runs,
+/// medians, µs per row): 2 rows 127 packed / 99 row kernels, 4 rows 78 / 58, 5 rows 84 / 65,
+/// 6 rows 63 / 68, 7 rows 57 / 68, 8 rows 54 / 55, 150 rows 28 / 54.
+const PACKED_MIN_ROWS: usize = 6;
 
 /// aiaas patch: whether `matmul_in_sequences` runs prompts through the packed kernels: 0 not
 /// read yet, 1 on, 2 off. On unless `AIAAS_PACKED_PROMPTS=off` is in the environment.
