@@ -238,18 +238,24 @@ fn prompt_rows_through_the_packed_kernel() {
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
-        for (batch, rows) in [(1, 6), (1, 9), (3, 7), (2, 33)] {
-            let len = batch * rows * k;
-            let input =
-                Tensor::from_vec(values(len, 40 + rows as u64), (batch, rows, k), &device).unwrap();
+        // `batch` prompts of `rows` rows, and the same rows as a matrix.
+        let prompts = |batch: usize, rows: usize, seed: u64| {
+            let input = Tensor::from_vec(values(batch * rows * k, seed), (batch, rows, k), &device)
+                .unwrap();
             let flat = input.reshape((batch * rows, k)).unwrap();
-            let got: Vec<Vec<f32>> = matmul
-                .forward(&input)
-                .unwrap()
-                .reshape((batch * rows, n))
+            (input, flat)
+        };
+        // The product's rows, one per input row.
+        let product = |input: &Tensor| -> Vec<Vec<f32>> {
+            let out = matmul.forward(input).unwrap();
+            out.reshape((out.elem_count() / n, n))
                 .unwrap()
                 .to_vec2()
-                .unwrap();
+                .unwrap()
+        };
+        for (batch, rows) in [(1, 6), (1, 9), (3, 7), (2, 33)] {
+            let (input, flat) = prompts(batch, rows, 40 + rows as u64);
+            let got = product(&input);
             let input_bytes = QTensor::quantize(&flat, GgmlDType::Q8_1)
                 .unwrap()
                 .data()
@@ -282,15 +288,9 @@ fn prompt_rows_through_the_packed_kernel() {
             // Switched off, a prompt's rows take the row kernels, which give a matrix's rows
             // exactly what they give a prompt's.
             set_packed_prompts(false);
-            let rows_off: Vec<Vec<f32>> = matmul
-                .forward(&input)
-                .unwrap()
-                .reshape((batch * rows, n))
-                .unwrap()
-                .to_vec2()
-                .unwrap();
+            let rows_off = product(&input);
             set_packed_prompts(true);
-            let matrix: Vec<Vec<f32>> = matmul.forward(&flat).unwrap().to_vec2().unwrap();
+            let matrix = product(&flat);
             assert_eq!(
                 rows_off, matrix,
                 "{k} x {n}, {batch} x {rows}: switched off"
@@ -300,18 +300,12 @@ fn prompt_rows_through_the_packed_kernel() {
         // Shorter prompts (fewer than six rows per sequence, however many sequences) keep the
         // row kernels, which are faster for them.
         for (batch, rows) in [(1, 2), (1, 5), (4, 5)] {
-            let input =
-                Tensor::from_vec(values(batch * rows * k, 70), (batch, rows, k), &device).unwrap();
-            let flat = input.reshape((batch * rows, k)).unwrap();
-            let got: Vec<Vec<f32>> = matmul
-                .forward(&input)
-                .unwrap()
-                .reshape((batch * rows, n))
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let matrix: Vec<Vec<f32>> = matmul.forward(&flat).unwrap().to_vec2().unwrap();
-            assert_eq!(got, matrix, "{k} x {n}, {batch} x {rows}: a short prompt");
+            let (input, flat) = prompts(batch, rows, 70);
+            assert_eq!(
+                product(&input),
+                product(&flat),
+                "{k} x {n}, {batch} x {rows}: a short prompt"
+            );
         }
     }
 }
