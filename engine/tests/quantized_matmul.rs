@@ -77,9 +77,10 @@ fn other_block_types_keep_matching_through_the_batched_loop() {
 }
 
 /// Each row of a batched product is exactly (bit for bit) the product of that row alone: the
-/// batched loop, and the Q4_1, Q4_0 and Q8_0 kernels that take four input rows per pass over a
-/// weight row, add in the same order as the one-row path. So a sequence decodes the same whether it is
-/// batched with others or not (up to what attention does).
+/// Q4_1 panel kernels compute each output by the same operations whatever the rows; the
+/// batched loop, and the Q4_0 and Q8_0 kernels that take four input rows per pass over a
+/// weight row, add in the same order as the one-row path. So a sequence decodes the same
+/// whether it is batched with others or not (up to what attention does).
 #[test]
 fn batched_rows_equal_single_rows_exactly() {
     let device = Device::Cpu;
@@ -197,10 +198,10 @@ fn input_blocks_are_quantized_as_upstream_does() {
     }
 }
 
-/// What the packed Q4_1 prompt kernel (candle patch item 8) computes for one output, from the
+/// What the Q4_1 panel kernels (candle patch items 8 and 9) compute for one output, from the
 /// weight row's Q4_1 blocks and the input row's Q8_1 blocks: per block the exact integer sum
 /// of the 32 products, then `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`.
-fn packed_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
+fn panel_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
     let f16_at = |bytes: &[u8], at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]);
     let mut acc = 0f32;
     for (w, y) in weight_row.chunks_exact(20).zip(input_row.chunks_exact(36)) {
@@ -222,40 +223,33 @@ fn packed_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
     acc
 }
 
-/// A prompt's rows (an input of shape `(batch, rows, k)` with at least six rows per sequence)
-/// go through the packed Q4_1 kernel: it matches the dequantized weights, computes exactly the
-/// arithmetic of `packed_q4_1_reference` for every output (so a row's results do not depend on
-/// the rows beside it, nor on the prompts it is batched with), and `set_packed_prompts(false)`
-/// brings back the row kernels. One test, since the switch is process-wide.
+/// Every Q4_1 product goes through the panel kernels: one row (decoding one sequence), a few
+/// (a decoding batch: weight rows read where they lie, one to four input rows per pass) and
+/// many (a prompt, or a large batch: weight rows repacked first), as a matrix or as prompts of
+/// shape `(batch, rows, k)`. Each output is exactly the arithmetic of `panel_q4_1_reference`,
+/// so it does not depend on the rows beside it, on how many there are or on which kernel ran,
+/// and it matches the dequantized weights.
 #[test]
-fn prompt_rows_through_the_packed_kernel() {
-    use candle_core::quantized::k_quants::set_packed_prompts;
+fn every_q4_1_product_is_the_panel_arithmetic() {
     let device = Device::Cpu;
-    // 67 weight rows: the last panel of eight is short.
+    // 67 weight rows: the last panel of eight is short (three rows).
     for (k, n) in [(576, 192), (1536, 67)] {
         let weights = Tensor::from_vec(values(n * k, 5), (n, k), &device).unwrap();
         let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
-        // `batch` prompts of `rows` rows, and the same rows as a matrix.
-        let prompts = |batch: usize, rows: usize, seed: u64| {
-            let input = Tensor::from_vec(values(batch * rows * k, seed), (batch, rows, k), &device)
-                .unwrap();
-            let flat = input.reshape((batch * rows, k)).unwrap();
-            (input, flat)
-        };
-        // The product's rows, one per input row.
-        let product = |input: &Tensor| -> Vec<Vec<f32>> {
-            let out = matmul.forward(input).unwrap();
-            out.reshape((out.elem_count() / n, n))
-                .unwrap()
-                .to_vec2()
-                .unwrap()
-        };
-        for (batch, rows) in [(1, 6), (1, 9), (3, 7), (2, 33)] {
-            let (input, flat) = prompts(batch, rows, 40 + rows as u64);
-            let got = product(&input);
+        let shapes: Vec<Vec<usize>> = (1..=9)
+            .map(|rows| vec![rows, k])
+            .chain([vec![1, 6, k], vec![3, 7, k], vec![2, 33, k], vec![4, 2, k]])
+            .collect();
+        for (i, shape) in shapes.iter().enumerate() {
+            let count: usize = shape.iter().product();
+            let input =
+                Tensor::from_vec(values(count, 40 + i as u64), shape.as_slice(), &device).unwrap();
+            let flat = input.reshape((count / k, k)).unwrap();
+            let out = matmul.forward(&input).unwrap();
+            let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
             let input_bytes = QTensor::quantize(&flat, GgmlDType::Q8_1)
                 .unwrap()
                 .data()
@@ -272,11 +266,11 @@ fn prompt_rows_through_the_packed_kernel() {
                 let input_row = &input_bytes[r * row_bytes..(r + 1) * row_bytes];
                 for (c, g) in got.iter().enumerate() {
                     let weight_row = &weight_bytes[c * (k / 32) * 20..(c + 1) * (k / 32) * 20];
-                    let exact = packed_q4_1_reference(weight_row, input_row);
+                    let exact = panel_q4_1_reference(weight_row, input_row);
                     assert_eq!(
                         g.to_bits(),
                         exact.to_bits(),
-                        "{k} x {n}, {batch} x {rows} rows: [{r}][{c}] = {g}, expected {exact}"
+                        "{k} x {n}, input {shape:?}: [{r}][{c}] = {g}, expected {exact}"
                     );
                     let e = expected[r][c];
                     assert!(
@@ -285,27 +279,6 @@ fn prompt_rows_through_the_packed_kernel() {
                     );
                 }
             }
-            // Switched off, a prompt's rows take the row kernels, which give a matrix's rows
-            // exactly what they give a prompt's.
-            set_packed_prompts(false);
-            let rows_off = product(&input);
-            set_packed_prompts(true);
-            let matrix = product(&flat);
-            assert_eq!(
-                rows_off, matrix,
-                "{k} x {n}, {batch} x {rows}: switched off"
-            );
-            assert_ne!(rows_off, got, "{k} x {n}: the packed kernel did not run");
-        }
-        // Shorter prompts (fewer than six rows per sequence, however many sequences) keep the
-        // row kernels, which are faster for them.
-        for (batch, rows) in [(1, 2), (1, 5), (4, 5)] {
-            let (input, flat) = prompts(batch, rows, 70);
-            assert_eq!(
-                product(&input),
-                product(&flat),
-                "{k} x {n}, {batch} x {rows}: a short prompt"
-            );
         }
     }
 }

@@ -42,14 +42,15 @@ struct Args {
     #[arg(long)]
     fused: bool,
     /// The rows as one prompt's (an input of shape 1 x rows x k, as the model runs a prompt)
-    /// rather than independent rows (rows x k, as a decoding batch). Since aiaas's candle patch
-    /// item 8, a prompt's rows take the packed kernel where the type has one (Q4_1).
+    /// rather than independent rows (rows x k, as a decoding batch). The kernels chosen depend
+    /// only on the number of rows, not on this.
     #[arg(long)]
     prompt: bool,
-    /// With `--prompt`: comma-separated settings of the packed prompt kernel to time, one after
-    /// the other for each row count (`on`, `off`: the row kernels, as before item 8).
+    /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 and 9, Q4_1)
+    /// to time, one after the other for each row count (`on`; `off`: the row kernels, as
+    /// before item 8).
     #[arg(long, default_value = "on", value_delimiter = ',')]
-    packed: Vec<String>,
+    panels: Vec<String>,
 }
 
 /// (input width, output width) of the seven matmuls of one layer.
@@ -99,18 +100,15 @@ fn run(args: &Args) -> Result<()> {
     let device = Device::Cpu;
     let layer_shapes: &[(usize, usize)] = if args.fused { &FUSED_LAYER } else { &LAYER };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
-    let packed: Vec<bool> = if args.prompt {
-        args.packed
-            .iter()
-            .map(|p| match p.as_str() {
-                "on" => Ok(true),
-                "off" => Ok(false),
-                other => anyhow::bail!("--packed takes on or off, not {other}"),
-            })
-            .collect::<Result<_>>()?
-    } else {
-        vec![false]
-    };
+    let panels: Vec<bool> = args
+        .panels
+        .iter()
+        .map(|p| match p.as_str() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => anyhow::bail!("--panels takes on or off, not {other}"),
+        })
+        .collect::<Result<_>>()?;
     println!("| type | rows | input | layer ms (median) | per row µs | GMAC/s |");
     println!("|---|---|---|---|---|---|");
     for name in &args.dtypes {
@@ -126,15 +124,16 @@ fn run(args: &Args) -> Result<()> {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        for (&rows, &packed) in args
+        for (&rows, &panels) in args
             .rows
             .iter()
-            .flat_map(|rows| packed.iter().map(move |packed| (rows, packed)))
+            .flat_map(|rows| panels.iter().map(move |panels| (rows, panels)))
         {
-            candle_core::quantized::k_quants::set_packed_prompts(packed);
-            let input = match (args.prompt, packed) {
-                (false, _) => "rows",
-                (true, true) => "prompt, packed",
+            candle_core::quantized::k_quants::set_panel_kernels(panels);
+            let input = match (args.prompt, panels) {
+                (false, true) => "rows, panels",
+                (false, false) => "rows, row kernels",
+                (true, true) => "prompt, panels",
                 (true, false) => "prompt, row kernels",
             };
             let inputs = layer_shapes

@@ -317,6 +317,103 @@ pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
     }
 }
 
+// aiaas patch: `gemm_q4_1_q8_1` for eight weight rows read where they lie (`xs`: `rows` of
+// them, `blocks` blocks each, one after another; rows `rows..8` repeat the last one and their
+// lanes are to be ignored), without `pack_q4_1_x8`: for decoding, where each weight row meets
+// only a few input rows and comes from memory once. Per block, the eight rows' 16 bytes of
+// values are transposed in registers (two rows per vector, then 32-bit and 64-bit interleaves)
+// so that vector `g` holds bytes `4g..4g + 4` of each row, whose low nibbles are the values
+// `4g..4g + 4` and high nibbles the values `16 + 4g..`: the vectors `pack_q4_1_x8` would have
+// written. The rows' `d` and `m` come the same way from their blocks' first four bytes. Then
+// every output is computed by the same operations as in `gemm_q4_1_q8_1` (the integer sums of
+// a block are exact in any order), so the two kernels give the same results to the bit.
+// `next` (the next panel, or nothing) is requested from memory a few cache lines per block:
+// requesting it all at once before the loop, or leaving it to the hardware prefetcher, left
+// one-row decoding at about half the speed of the row kernel (`aiaas-qmatmul --layers 30`).
+#[inline(always)]
+pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize>(
+    blocks: usize,
+    xs: &[BlockQ4_1],
+    rows: usize,
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+    next: &[BlockQ4_1],
+) -> [[f32; 8]; R] {
+    assert!((1..=8).contains(&rows) && xs.len() >= rows * blocks);
+    assert!(ys.len() >= R * blocks && ys_d.len() >= R * blocks && ys_s.len() >= R * blocks);
+    // SAFETY: AVX2, FMA and F16C are enabled (this module is only built with them); every
+    // block read is one of the `rows * blocks` in `xs` (16 bytes from its start or from byte
+    // 4, within its 20), and every input read is within the slices checked above.
+    unsafe {
+        let row: [*const BlockQ4_1; 8] =
+            std::array::from_fn(|j| xs.as_ptr().add(j.min(rows - 1) * blocks));
+        let ones = _mm256_set1_epi16(1);
+        let nibble = _mm256_set1_epi8(0xF);
+        let half = _mm256_set1_epi32(0xFFFF);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let next_bytes = std::mem::size_of_val(next);
+        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        for b in 0..blocks {
+            for line in b * lines_per_block..(b + 1) * lines_per_block {
+                if line * 64 < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
+                }
+            }
+            // Rows `j` and `j + 4`, 16 bytes from byte `at` of block `b`.
+            let pair = |j: usize, at: usize| {
+                let lo = (row[j].add(b) as *const u8).add(at) as *const __m128i;
+                let hi = (row[j + 4].add(b) as *const u8).add(at) as *const __m128i;
+                _mm256_loadu2_m128i(hi, lo)
+            };
+            let v = [pair(0, 4), pair(1, 4), pair(2, 4), pair(3, 4)];
+            let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+            let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+            let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+            let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+            let words = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            let h0 = _mm256_unpacklo_epi32(pair(0, 0), pair(1, 0));
+            let h1 = _mm256_unpacklo_epi32(pair(2, 0), pair(3, 0));
+            let dm = _mm256_unpacklo_epi64(h0, h1);
+            // [d0..d3, m0..m3 | d4..d7, m4..m7] as f16, then [d0..d7 | m0..m7].
+            let dm = _mm256_packus_epi32(_mm256_and_si256(dm, half), _mm256_srli_epi32(dm, 16));
+            let dm = _mm256_permute4x64_epi64::<0b11_01_10_00>(dm);
+            let wd = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+            let wm = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(dm));
+            let mut sums = [_mm256_setzero_si256(); R];
+            for (g, word) in words.into_iter().enumerate() {
+                let low = _mm256_and_si256(word, nibble);
+                let high = _mm256_and_si256(_mm256_srli_epi16(word, 4), nibble);
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let y = ys.get_unchecked(r * blocks + b).qs.as_ptr();
+                    let y_low = _mm256_set1_epi32((y.add(4 * g) as *const i32).read_unaligned());
+                    let y_high =
+                        _mm256_set1_epi32((y.add(16 + 4 * g) as *const i32).read_unaligned());
+                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(low, y_low));
+                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(high, y_high));
+                }
+            }
+            for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+                let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
+                *acc = _mm256_fmadd_ps(q, d, *acc);
+                let s = _mm256_set1_ps(*ys_s.get_unchecked(r * blocks + b));
+                *acc = _mm256_fmadd_ps(wm, s, *acc);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+        out
+    }
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(

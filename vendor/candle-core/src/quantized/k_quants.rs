@@ -77,13 +77,14 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
         }
     }
 
-    /// aiaas patch: the product of `m` quantized input rows `ys` (a prompt's) with the `n`
-    /// weight rows `xs` of `k` values into `dst` (`m` x `n`, row-major) through a kernel that
-    /// repacks the weight rows eight at a time, so that each of its operations serves eight
-    /// outputs; `false`, with nothing written, where the type has none. Its results are not
-    /// bit-identical to `vec_dot`'s (the order of its additions differs), but each output
-    /// depends only on its own input row and weight row.
-    fn matmul_packed(
+    /// aiaas patch: the product of `m` quantized input rows `ys` with the `n` weight rows `xs`
+    /// of `k` values into `dst` (`m` x `n`, row-major) through kernels that take the weight
+    /// rows eight at a time, so that each of their operations serves eight outputs; `false`,
+    /// with nothing written, where the type has none. Their results are not bit-identical to
+    /// `vec_dot`'s (the order of their additions differs), but each output is computed by the
+    /// same operations whatever `m` is and wherever its rows sit, so it depends only on its own
+    /// input row and weight row.
+    fn matmul_panels(
         _mkn: (usize, usize, usize),
         _xs: &[Self],
         _ys: &[Self::VecDotType],
@@ -414,13 +415,13 @@ impl GgmlType for BlockQ4_1 {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn matmul_packed(
+    fn matmul_panels(
         mkn: (usize, usize, usize),
         xs: &[Self],
         ys: &[Self::VecDotType],
         dst: &mut [f32],
     ) -> bool {
-        matmul_packed_q4_1(mkn, xs, ys, dst);
+        matmul_panels_q4_1(mkn, xs, ys, dst);
         true
     }
 
@@ -2448,25 +2449,7 @@ impl GgmlType for BlockQ8K {
 
 // https://github.com/ggml-org/llama.cpp/blob/aa3ee0eb0b80efca126cedf9bcb4fb5864b46ce3/ggml/src/ggml-cpu/ggml-cpu.c#L1205
 pub fn matmul<T: GgmlType>(
-    mkn: (usize, usize, usize),
-    lhs: &[f32],
-    rhs_t: &[T],
-    dst: &mut [f32],
-) -> Result<()> {
-    matmul_in_sequences(mkn, 1, lhs, rhs_t, dst)
-}
-
-/// aiaas patch: `matmul` of input rows that are sequences of `seq_len` rows each (the rows of
-/// one prompt, or of several prompts of the same length). With at least `PACKED_MIN_ROWS` rows
-/// per sequence (prompts), a weight type with a packed kernel (`GgmlType::matmul_packed`, Q4_1
-/// with AVX2) runs through it unless `set_packed_prompts(false)` or
-/// `AIAAS_PACKED_PROMPTS=off` said otherwise. Decoding (one row per sequence, alone or batched)
-/// and shorter prompts keep the row kernels, whose results are the same for a row alone and in
-/// a batch; so are the packed kernel's for a prompt alone and among prompts of its length (the
-/// choice depends on the rows per sequence, not on the batch).
-pub fn matmul_in_sequences<T: GgmlType>(
     (m, k, n): (usize, usize, usize),
-    seq_len: usize,
     lhs: &[f32],
     rhs_t: &[T],
     dst: &mut [f32],
@@ -2497,13 +2480,16 @@ pub fn matmul_in_sequences<T: GgmlType>(
         }
     }
 
-    if seq_len >= PACKED_MIN_ROWS && packed_prompts() {
+    // aiaas patch: a weight type with panel kernels (Q4_1 with AVX2) runs every product
+    // through them, unless `set_panel_kernels(false)` or `AIAAS_PANEL_KERNELS=off` said
+    // otherwise.
+    if panel_kernels() {
         assert!(
             dst.len() >= m * n,
             "matmul: {} outputs for {m} x {n}",
             dst.len()
         );
-        if T::matmul_packed((m, k, n), rhs_t, &lhs_b, dst) {
+        if T::matmul_panels((m, k, n), rhs_t, &lhs_b, dst) {
             return Ok(());
         }
     }
@@ -2586,79 +2572,129 @@ pub fn matmul_in_sequences<T: GgmlType>(
     Ok(())
 }
 
-/// aiaas patch: `GgmlType::matmul_packed` for Q4_1 weights. Each task takes eight weight rows,
-/// repacks them (`avx::pack_q4_1_x8`: 320 bytes per block, 5.6 KB for rows of 576 values, in
-/// L1) and multiplies them with every input row, four rows per pass (`avx::gemm_q4_1_q8_1`),
-/// writing its own columns of `dst`. The input rows' block scales are converted to f32 once, before the parallel part.
+/// aiaas patch: `GgmlType::matmul_panels` for Q4_1 weights. Each task takes eight weight rows
+/// (a panel) and computes their products with every input row. With fewer than
+/// `REPACK_MIN_ROWS` input rows (decoding: each weight row meets a few input rows and comes
+/// from memory once), the kernel reads the weight rows where they lie
+/// (`avx::gemm_q4_1_q8_1_direct`) and panels are requested from memory ahead of their use, as
+/// in the one-row path of `matmul`; with more (a prompt), each task first repacks its panel
+/// (`avx::pack_q4_1_x8`: 320 bytes per block, 5.6 KB for rows of 576 values, in L1), which then
+/// serves all the rows (`avx::gemm_q4_1_q8_1`). Both kernels take four input rows per pass and
+/// compute each output by the same operations, so which one runs (and which rows share a pass)
+/// changes no result. The input rows' block scales are converted to f32 once, before the
+/// parallel part.
 #[cfg(target_feature = "avx2")]
-fn matmul_packed_q4_1(
+fn matmul_panels_q4_1(
     (m, k, n): (usize, usize, usize),
     xs: &[BlockQ4_1],
     ys: &[BlockQ8_1],
     dst: &mut [f32],
 ) {
-    use super::avx::{gemm_q4_1_q8_1, pack_q4_1_x8, PACKED_Q4_1_WORDS};
+    use super::avx::{gemm_q4_1_q8_1, gemm_q4_1_q8_1_direct, pack_q4_1_x8, PACKED_Q4_1_WORDS};
     let blocks = k.div_ceil(QK4_1);
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
     let ys_d: Vec<f32> = ys[..m * blocks].iter().map(|y| y.d.to_f32()).collect();
     let ys_s: Vec<f32> = ys[..m * blocks].iter().map(|y| y.s.to_f32()).collect();
     let cols = ColumnWriter(dst.as_mut_ptr());
-    (0..n.div_ceil(8)).into_par_iter().for_each_init(
+    let write = |first: usize, width: usize, row: usize, values: &[f32; 8]| {
+        for (c, value) in values[..width].iter().enumerate() {
+            // SAFETY: `row < m` and `first + c < n`, so the index is below `m * n <= dst.len()`,
+            // and only the task of this panel writes these columns.
+            unsafe { cols.write(row * n + first + c, *value) };
+        }
+    };
+    let panels = n.div_ceil(8);
+    if m < REPACK_MIN_ROWS {
+        (0..panels)
+            .into_par_iter()
+            .with_min_len(16)
+            .with_max_len(64)
+            .for_each(|panel| {
+                let first = panel * 8;
+                let width = 8.min(n - first);
+                // The next panel, requested from memory while this one is computed (the first
+                // pass over this one spreads the requests over its blocks).
+                let next = (first + 8) * blocks..(first + 16) * blocks;
+                let next = &xs[next.start.min(xs.len())..next.end.min(xs.len())];
+                let xs = &xs[first * blocks..(first + width) * blocks];
+                let mut row = 0;
+                while row < m {
+                    let range = row * blocks..;
+                    let (ys, ys_d, ys_s) = (&ys[range.clone()], &ys_d[range.clone()], &ys_s[range]);
+                    macro_rules! pass {
+                        ($r:literal) => {{
+                            let next = if row == 0 { next } else { &[] };
+                            let out = gemm_q4_1_q8_1_direct::<$r>(
+                                blocks, xs, width, ys, ys_d, ys_s, next,
+                            );
+                            for (r, values) in out.iter().enumerate() {
+                                write(first, width, row + r, values);
+                            }
+                            $r
+                        }};
+                    }
+                    row += match m - row {
+                        1 => pass!(1),
+                        2 => pass!(2),
+                        3 => pass!(3),
+                        _ => pass!(4),
+                    };
+                }
+            });
+        return;
+    }
+    (0..panels).into_par_iter().for_each_init(
         || vec![0u32; blocks * PACKED_Q4_1_WORDS],
         |packed, panel| {
             let first = panel * 8;
             let width = 8.min(n - first);
             pack_q4_1_x8(&xs[first * blocks..(first + width) * blocks], blocks, width, packed);
-            let write = |row: usize, values: &[f32; 8]| {
-                for (c, value) in values[..width].iter().enumerate() {
-                    // SAFETY: `row < m` and `first + c < n`, so the index is below `m * n <=
-                    // dst.len()`, and only this panel's task writes these columns.
-                    unsafe { cols.write(row * n + first + c, *value) };
-                }
-            };
             let mut row = 0;
             while row < m {
-                let rows = if m - row >= 4 { 4 } else { 1 };
-                let range = row * blocks..(row + rows) * blocks;
+                let range = row * blocks..;
                 let (ys, ys_d, ys_s) = (&ys[range.clone()], &ys_d[range.clone()], &ys_s[range]);
-                if rows == 4 {
+                if m - row >= 4 {
                     let out = gemm_q4_1_q8_1::<4>(blocks, packed, ys, ys_d, ys_s);
                     for (r, values) in out.iter().enumerate() {
-                        write(row + r, values);
+                        write(first, width, row + r, values);
                     }
+                    row += 4;
                 } else {
-                    write(row, &gemm_q4_1_q8_1::<1>(blocks, packed, ys, ys_d, ys_s)[0]);
+                    let out = gemm_q4_1_q8_1::<1>(blocks, packed, ys, ys_d, ys_s);
+                    write(first, width, row, &out[0]);
+                    row += 1;
                 }
-                row += rows;
             }
         },
     );
 }
 
-/// aiaas patch: the fewest rows per sequence for which `matmul_in_sequences` repacks the
-/// weights. `aiaas-qmatmul --fused --prompt --packed on,off` (one layer, four alternating runs,
-/// medians, µs per row): 2 rows 127 packed / 99 row kernels, 4 rows 78 / 58, 5 rows 84 / 65,
-/// 6 rows 63 / 68, 7 rows 57 / 68, 8 rows 54 / 55, 150 rows 28 / 54.
-const PACKED_MIN_ROWS: usize = 6;
+/// aiaas patch: the fewest input rows for which `matmul_panels_q4_1` repacks its panels of
+/// weight rows rather than reading them where they lie. `aiaas-qmatmul --fused --layers 30`
+/// and `--prompt` (2026-11-30, µs per row and layer, direct / repacked): 8 rows 38-41 / 58-60,
+/// 16 rows 42-44 / 43-46, 32 rows 34-37 / 35-38, 64 rows 32-33 / 30-33, 150 rows 33-37 / 28-29.
+#[cfg(target_feature = "avx2")]
+const REPACK_MIN_ROWS: usize = 32;
 
-/// aiaas patch: whether `matmul_in_sequences` runs prompts through the packed kernels: 0 not
-/// read yet, 1 on, 2 off. On unless `AIAAS_PACKED_PROMPTS=off` is in the environment.
-static PACKED_PROMPTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// aiaas patch: whether `matmul` runs through the panel kernels (`GgmlType::matmul_panels`):
+/// 0 not read yet, 1 on, 2 off. On unless `AIAAS_PANEL_KERNELS=off` is in the environment.
+static PANEL_KERNELS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// aiaas patch: turns the packed prompt kernels on or off (for side-by-side measurements and
-/// tests), whatever the environment says.
-pub fn set_packed_prompts(on: bool) {
-    PACKED_PROMPTS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+/// aiaas patch: turns the panel kernels on or off (for side-by-side measurements and tests),
+/// whatever the environment says. Off, Q4_1 products take the row kernels (`vec_dot`,
+/// `vec_dot_rows`).
+pub fn set_panel_kernels(on: bool) {
+    PANEL_KERNELS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn packed_prompts() -> bool {
+fn panel_kernels() -> bool {
     use std::sync::atomic::Ordering::Relaxed;
-    match PACKED_PROMPTS.load(Relaxed) {
+    match PANEL_KERNELS.load(Relaxed) {
         0 => {
-            let on = !matches!(std::env::var("AIAAS_PACKED_PROMPTS").as_deref(), Ok("off"));
-            // A concurrent `set_packed_prompts` wins over the environment.
-            let _ = PACKED_PROMPTS.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
-            PACKED_PROMPTS.load(Relaxed) == 1
+            let on = !matches!(std::env::var("AIAAS_PANEL_KERNELS").as_deref(), Ok("off"));
+            // A concurrent `set_panel_kernels` wins over the environment.
+            let _ = PANEL_KERNELS.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
+            PANEL_KERNELS.load(Relaxed) == 1
         }
         state => state == 1,
     }

@@ -399,18 +399,6 @@ impl GgmlDType {
 pub trait QuantizedType: Send + Sync {
     fn dtype(&self) -> GgmlDType;
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()>;
-    /// aiaas patch: `matmul_t` of input rows that are sequences of `seq_len` rows each
-    /// (`k_quants::matmul_in_sequences`).
-    fn matmul_t_in_sequences(
-        &self,
-        mkn: (usize, usize, usize),
-        seq_len: usize,
-        lhs: &[f32],
-        dst: &mut [f32],
-    ) -> Result<()> {
-        let _ = seq_len;
-        self.matmul_t(mkn, lhs, dst)
-    }
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> Result<()>;
     fn dequantize(&self, elem_count: usize) -> Result<CpuStorage>;
     fn storage_size_in_bytes(&self) -> usize;
@@ -426,15 +414,6 @@ pub trait QuantizedType: Send + Sync {
 impl<T: k_quants::GgmlType + Send + Sync> QuantizedType for Vec<T> {
     fn matmul_t(&self, mkn: (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()> {
         k_quants::matmul(mkn, lhs, self.as_slice(), dst)
-    }
-    fn matmul_t_in_sequences(
-        &self,
-        mkn: (usize, usize, usize),
-        seq_len: usize,
-        lhs: &[f32],
-        dst: &mut [f32],
-    ) -> Result<()> {
-        k_quants::matmul_in_sequences(mkn, seq_len, lhs, self.as_slice(), dst)
     }
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> Result<()> {
         k_quants::matmul_f16(mkn, lhs, self.as_slice(), dst)
@@ -830,14 +809,8 @@ impl crate::CustomOp1 for QTensor {
                 let slice =
                     &slice[layout.start_offset()..layout.start_offset() + src_shape.elem_count()];
                 let mut dst_storage = vec![0f32; dst_shape.elem_count()];
-                // aiaas patch: the rows of an input of rank 3 or more are sequences of
-                // `dims[rank - 2]` rows (a batch of prompts, or of one-row decoding steps);
-                // a matrix's rows are taken as independent.
-                let dims = src_shape.dims();
-                let seq_len = if dims.len() >= 3 { dims[dims.len() - 2] } else { 1 };
-                self_storage.matmul_t_in_sequences(
+                self_storage.matmul_t(
                     (dst_shape.elem_count() / n, k, n),
-                    seq_len,
                     slice,
                     &mut dst_storage,
                 )?;

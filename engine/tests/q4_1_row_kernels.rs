@@ -1,0 +1,63 @@
+//! The switch of candle patch items 8 and 9 (`AIAAS_PANEL_KERNELS=off`, or
+//! `k_quants::set_panel_kernels(false)`, kept for side-by-side measurements): switched off, Q4_1
+//! products take the row kernels again (`vec_dot`, and the four-row kernel of a batch), which
+//! still match the dequantized weights and give each row of a batch exactly what it gets alone.
+//! A test binary of its own, since the switch is process-wide.
+
+#![allow(clippy::unwrap_used)]
+
+use candle_core::quantized::k_quants::set_panel_kernels;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+mod common;
+
+use common::values;
+
+#[test]
+fn switched_off_q4_1_products_take_the_row_kernels() {
+    let device = Device::Cpu;
+    for (k, n, rows) in [(576, 64, 9), (1536, 67, 13)] {
+        let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
+        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let dequantized = quantized.dequantize(&device).unwrap();
+        let matmul = QMatMul::from_qtensor(quantized).unwrap();
+        let input = Tensor::from_vec(values(rows * k, 100), (rows, k), &device).unwrap();
+        let product =
+            |input: &Tensor| -> Vec<Vec<f32>> { matmul.forward(input).unwrap().to_vec2().unwrap() };
+        set_panel_kernels(true);
+        let panels = product(&input);
+        set_panel_kernels(false);
+        let batched = product(&input);
+        let expected: Vec<Vec<f32>> = input
+            .matmul(&dequantized.t().unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        for (r, got) in batched.iter().enumerate() {
+            let alone = product(&input.narrow(0, r, 1).unwrap());
+            let same = got
+                .iter()
+                .zip(&alone[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{k} x {n}: row {r} of {rows} differs from its product alone"
+            );
+            for (c, (g, e)) in got.iter().zip(&expected[r]).enumerate() {
+                assert!(
+                    (g - e).abs() <= 0.02 * scale,
+                    "{k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
+                );
+            }
+        }
+        // The row kernels add in another order than the panel kernels: the switch took effect.
+        assert_ne!(
+            batched, panels,
+            "{k} x {n}: switching the panel kernels off changed nothing"
+        );
+        set_panel_kernels(true);
+        assert_eq!(product(&input), panels, "{k} x {n}: switched back on");
+    }
+}
