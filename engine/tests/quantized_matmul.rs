@@ -11,7 +11,7 @@ use candle_core::{Device, Module, Tensor};
 
 mod common;
 
-use common::values;
+use common::{check_panel_arithmetic, values};
 
 fn check(dtype: GgmlDType, rows: usize, k: usize, n: usize) {
     let device = Device::Cpu;
@@ -198,87 +198,14 @@ fn input_blocks_are_quantized_as_upstream_does() {
     }
 }
 
-/// What the Q4_1 panel kernels (candle patch items 8 and 9) compute for one output, from the
-/// weight row's Q4_1 blocks and the input row's Q8_1 blocks: per block the exact integer sum
-/// of the 32 products, then `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`.
-fn panel_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
-    let f16_at = |bytes: &[u8], at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let mut acc = 0f32;
-    for (w, y) in weight_row.chunks_exact(20).zip(input_row.chunks_exact(36)) {
-        let sum: i32 = (0..32)
-            .map(|i| {
-                let q = if i < 16 {
-                    w[4 + i] & 0xF
-                } else {
-                    w[4 + i - 16] >> 4
-                };
-                i32::from(q) * i32::from(y[4 + i] as i8)
-            })
-            .sum();
-        let (d_w, m_w) = (f16_at(w, 0).to_f32(), f16_at(w, 2).to_f32());
-        let (d_y, s_y) = (f16_at(y, 0).to_f32(), f16_at(y, 2).to_f32());
-        acc = (sum as f32).mul_add(d_w * d_y, acc);
-        acc = m_w.mul_add(s_y, acc);
-    }
-    acc
-}
-
 /// Every Q4_1 product goes through the panel kernels: one row (decoding one sequence), a few
 /// (a decoding batch: weight rows read where they lie, one to four input rows per pass) and
 /// many (a prompt, or a large batch: weight rows repacked first), as a matrix or as prompts of
 /// shape `(batch, rows, k)`. Each output is exactly the arithmetic of `panel_q4_1_reference`,
 /// so it does not depend on the rows beside it, on how many there are or on which kernel ran,
-/// and it matches the dequantized weights.
+/// and it matches the dequantized weights. (With AVX-512 VNNI where the CPU has it;
+/// `q4_1_kernel_switches.rs` runs the same check without.)
 #[test]
 fn every_q4_1_product_is_the_panel_arithmetic() {
-    let device = Device::Cpu;
-    // 67 weight rows: the last panel of eight is short (three rows).
-    for (k, n) in [(576, 192), (1536, 67)] {
-        let weights = Tensor::from_vec(values(n * k, 5), (n, k), &device).unwrap();
-        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
-        let weight_bytes = quantized.data().unwrap().to_vec();
-        let dequantized = quantized.dequantize(&device).unwrap();
-        let matmul = QMatMul::from_qtensor(quantized).unwrap();
-        let shapes: Vec<Vec<usize>> = (1..=9)
-            .map(|rows| vec![rows, k])
-            .chain([vec![1, 6, k], vec![3, 7, k], vec![2, 33, k], vec![4, 2, k]])
-            .collect();
-        for (i, shape) in shapes.iter().enumerate() {
-            let count: usize = shape.iter().product();
-            let input =
-                Tensor::from_vec(values(count, 40 + i as u64), shape.as_slice(), &device).unwrap();
-            let flat = input.reshape((count / k, k)).unwrap();
-            let out = matmul.forward(&input).unwrap();
-            let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
-            let input_bytes = QTensor::quantize(&flat, GgmlDType::Q8_1)
-                .unwrap()
-                .data()
-                .unwrap()
-                .to_vec();
-            let expected: Vec<Vec<f32>> = flat
-                .matmul(&dequantized.t().unwrap())
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-            let row_bytes = (k / 32) * 36;
-            for (r, got) in got.iter().enumerate() {
-                let input_row = &input_bytes[r * row_bytes..(r + 1) * row_bytes];
-                for (c, g) in got.iter().enumerate() {
-                    let weight_row = &weight_bytes[c * (k / 32) * 20..(c + 1) * (k / 32) * 20];
-                    let exact = panel_q4_1_reference(weight_row, input_row);
-                    assert_eq!(
-                        g.to_bits(),
-                        exact.to_bits(),
-                        "{k} x {n}, input {shape:?}: [{r}][{c}] = {g}, expected {exact}"
-                    );
-                    let e = expected[r][c];
-                    assert!(
-                        (g - e).abs() <= 0.02 * scale,
-                        "{k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
-                    );
-                }
-            }
-        }
-    }
+    check_panel_arithmetic("");
 }

@@ -265,6 +265,30 @@ pub(crate) fn pack_q4_1_x8(xs: &[BlockQ4_1], blocks: usize, rows: usize, out: &m
     }
 }
 
+// aiaas patch: the integer part of the panel kernels: lanes of 32 bits accumulating products
+// of four unsigned bytes (weight values, 0..=15) with four signed bytes (input values). With
+// `VNNI` (AVX-512 VNNI), one `vpdpbusd` per step into 32-bit lanes; without, one `maddubs`
+// into 16-bit pairs per step, which `dot_sums` adds into 32-bit lanes at the end of a block
+// (exact: a pair is at most 2 * 15 * 128 = 3,840 in magnitude and a block has eight steps, so
+// a 16-bit lane stays within 8 * 3,840). Both give the same integers.
+#[inline(always)]
+unsafe fn dot_step<const VNNI: bool>(sum: __m256i, w: __m256i, y: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(sum, w, y)
+    } else {
+        _mm256_add_epi16(sum, _mm256_maddubs_epi16(w, y))
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_sums<const VNNI: bool>(sum: __m256i) -> __m256i {
+    if VNNI {
+        sum
+    } else {
+        _mm256_madd_epi16(sum, _mm256_set1_epi16(1))
+    }
+}
+
 // aiaas patch: `R` input rows (Q8_1, `blocks` blocks each, one after another in `ys`) times the
 // eight weight rows `packed` (`pack_q4_1_x8`): `R` vectors of eight results, one lane per weight
 // row. Per block and row, the 32 products are summed exactly as integers (each `maddubs` pair is
@@ -274,7 +298,7 @@ pub(crate) fn pack_q4_1_x8(xs: &[BlockQ4_1], blocks: usize, rows: usize, out: &m
 // whatever `R` is and wherever its row and weight row sit, so a row's results do not depend on
 // the rows it is multiplied with.
 #[inline(always)]
-pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
+pub(crate) fn gemm_q4_1_q8_1<const R: usize, const VNNI: bool>(
     blocks: usize,
     packed: &[u32],
     ys: &[BlockQ8_1],
@@ -286,7 +310,6 @@ pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
     // SAFETY: AVX2 and FMA are enabled (this module is only built with them); every read is
     // within the slices checked above.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..blocks {
             let w = packed.as_ptr().add(b * PACKED_Q4_1_WORDS);
@@ -296,13 +319,13 @@ pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
                 for (r, sum) in sums.iter_mut().enumerate() {
                     let y = ys.get_unchecked(r * blocks + b).qs.as_ptr().add(4 * g);
                     let y = _mm256_set1_epi32((y as *const i32).read_unaligned());
-                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(wg, y));
+                    *sum = dot_step::<VNNI>(*sum, wg, y);
                 }
             }
             let wd = _mm256_loadu_ps(w.add(64) as *const f32);
             let wm = _mm256_loadu_ps(w.add(72) as *const f32);
             for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+                let q = _mm256_cvtepi32_ps(dot_sums::<VNNI>(sum));
                 let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
                 *acc = _mm256_fmadd_ps(q, d, *acc);
                 let s = _mm256_set1_ps(*ys_s.get_unchecked(r * blocks + b));
@@ -331,7 +354,7 @@ pub(crate) fn gemm_q4_1_q8_1<const R: usize>(
 // requesting it all at once before the loop, or leaving it to the hardware prefetcher, left
 // one-row decoding at about half the speed of the row kernel (`aiaas-qmatmul --layers 30`).
 #[inline(always)]
-pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize>(
+pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize, const VNNI: bool>(
     blocks: usize,
     xs: &[BlockQ4_1],
     rows: usize,
@@ -348,7 +371,6 @@ pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize>(
     unsafe {
         let row: [*const BlockQ4_1; 8] =
             std::array::from_fn(|j| xs.as_ptr().add(j.min(rows - 1) * blocks));
-        let ones = _mm256_set1_epi16(1);
         let nibble = _mm256_set1_epi8(0xF);
         let half = _mm256_set1_epi32(0xFFFF);
         let mut acc = [_mm256_setzero_ps(); R];
@@ -394,12 +416,12 @@ pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize>(
                     let y_low = _mm256_set1_epi32((y.add(4 * g) as *const i32).read_unaligned());
                     let y_high =
                         _mm256_set1_epi32((y.add(16 + 4 * g) as *const i32).read_unaligned());
-                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(low, y_low));
-                    *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(high, y_high));
+                    *sum = dot_step::<VNNI>(*sum, low, y_low);
+                    *sum = dot_step::<VNNI>(*sum, high, y_high);
                 }
             }
             for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum, ones));
+                let q = _mm256_cvtepi32_ps(dot_sums::<VNNI>(sum));
                 let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
                 *acc = _mm256_fmadd_ps(q, d, *acc);
                 let s = _mm256_set1_ps(*ys_s.get_unchecked(r * blocks + b));
@@ -412,6 +434,37 @@ pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize>(
         }
         out
     }
+}
+
+// aiaas patch: the panel kernels compiled with AVX-512 VNNI (`vpdpbusd` on 256-bit vectors),
+// for CPUs that have it (`k_quants::vnni`).
+//
+// # Safety
+// The CPU supports `avx512vnni` and `avx512vl`.
+#[target_feature(enable = "avx512vnni,avx512vl")]
+pub(crate) unsafe fn gemm_q4_1_q8_1_vnni<const R: usize>(
+    blocks: usize,
+    packed: &[u32],
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+) -> [[f32; 8]; R] {
+    gemm_q4_1_q8_1::<R, true>(blocks, packed, ys, ys_d, ys_s)
+}
+
+// # Safety
+// The CPU supports `avx512vnni` and `avx512vl`.
+#[target_feature(enable = "avx512vnni,avx512vl")]
+pub(crate) unsafe fn gemm_q4_1_q8_1_direct_vnni<const R: usize>(
+    blocks: usize,
+    xs: &[BlockQ4_1],
+    rows: usize,
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+    next: &[BlockQ4_1],
+) -> [[f32; 8]; R] {
+    gemm_q4_1_q8_1_direct::<R, true>(blocks, xs, rows, ys, ys_d, ys_s, next)
 }
 
 #[inline(always)]

@@ -2590,7 +2590,11 @@ fn matmul_panels_q4_1(
     ys: &[BlockQ8_1],
     dst: &mut [f32],
 ) {
-    use super::avx::{gemm_q4_1_q8_1, gemm_q4_1_q8_1_direct, pack_q4_1_x8, PACKED_Q4_1_WORDS};
+    use super::avx::{
+        gemm_q4_1_q8_1, gemm_q4_1_q8_1_direct, gemm_q4_1_q8_1_direct_vnni, gemm_q4_1_q8_1_vnni,
+        pack_q4_1_x8, PACKED_Q4_1_WORDS,
+    };
+    let vnni = vnni();
     let blocks = k.div_ceil(QK4_1);
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
     let ys_d: Vec<f32> = ys[..m * blocks].iter().map(|y| y.d.to_f32()).collect();
@@ -2624,9 +2628,18 @@ fn matmul_panels_q4_1(
                     macro_rules! pass {
                         ($r:literal) => {{
                             let next = if row == 0 { next } else { &[] };
-                            let out = gemm_q4_1_q8_1_direct::<$r>(
-                                blocks, xs, width, ys, ys_d, ys_s, next,
-                            );
+                            let out = if vnni {
+                                // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+                                unsafe {
+                                    gemm_q4_1_q8_1_direct_vnni::<$r>(
+                                        blocks, xs, width, ys, ys_d, ys_s, next,
+                                    )
+                                }
+                            } else {
+                                gemm_q4_1_q8_1_direct::<$r, false>(
+                                    blocks, xs, width, ys, ys_d, ys_s, next,
+                                )
+                            };
                             for (r, values) in out.iter().enumerate() {
                                 write(first, width, row + r, values);
                             }
@@ -2653,28 +2666,34 @@ fn matmul_panels_q4_1(
             while row < m {
                 let range = row * blocks..;
                 let (ys, ys_d, ys_s) = (&ys[range.clone()], &ys_d[range.clone()], &ys_s[range]);
-                if m - row >= 4 {
-                    let out = gemm_q4_1_q8_1::<4>(blocks, packed, ys, ys_d, ys_s);
-                    for (r, values) in out.iter().enumerate() {
-                        write(first, width, row + r, values);
-                    }
-                    row += 4;
-                } else {
-                    let out = gemm_q4_1_q8_1::<1>(blocks, packed, ys, ys_d, ys_s);
-                    write(first, width, row, &out[0]);
-                    row += 1;
+                macro_rules! pass {
+                    ($r:literal) => {{
+                        let out = if vnni {
+                            // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+                            unsafe { gemm_q4_1_q8_1_vnni::<$r>(blocks, packed, ys, ys_d, ys_s) }
+                        } else {
+                            gemm_q4_1_q8_1::<$r, false>(blocks, packed, ys, ys_d, ys_s)
+                        };
+                        for (r, values) in out.iter().enumerate() {
+                            write(first, width, row + r, values);
+                        }
+                        $r
+                    }};
                 }
+                row += if m - row >= 4 { pass!(4) } else { pass!(1) };
             }
         },
     );
 }
 
 /// aiaas patch: the fewest input rows for which `matmul_panels_q4_1` repacks its panels of
-/// weight rows rather than reading them where they lie. `aiaas-qmatmul --fused --layers 30`
-/// and `--prompt` (2026-11-30, µs per row and layer, direct / repacked): 8 rows 38-41 / 58-60,
-/// 16 rows 42-44 / 43-46, 32 rows 34-37 / 35-38, 64 rows 32-33 / 30-33, 150 rows 33-37 / 28-29.
+/// weight rows rather than reading them where they lie. `aiaas-qmatmul --fused --prompt
+/// --layers 30`, with AVX-512 VNNI (2026-11-30, two runs, µs per row and layer, direct /
+/// repacked): 8 rows 33-34 / 50-55, 16 rows 33-36 / 37-42, 32 rows 28-30 / 31-35, 64 rows
+/// 26-31 / 25, 150 rows 26 / 22. Without VNNI the crossing is about the same (16 rows 42-44 /
+/// 43-46, 32 rows 34-37 / 35-38, 64 rows 32-33 / 30-33).
 #[cfg(target_feature = "avx2")]
-const REPACK_MIN_ROWS: usize = 32;
+const REPACK_MIN_ROWS: usize = 48;
 
 /// aiaas patch: whether `matmul` runs through the panel kernels (`GgmlType::matmul_panels`):
 /// 0 not read yet, 1 on, 2 off. On unless `AIAAS_PANEL_KERNELS=off` is in the environment.
@@ -2698,6 +2717,37 @@ fn panel_kernels() -> bool {
         }
         state => state == 1,
     }
+}
+
+/// aiaas patch: whether the panel kernels use AVX-512 VNNI where the CPU has it: 0 not read
+/// yet, 1 on, 2 off. On unless `AIAAS_VNNI=off` is in the environment. Either way each output
+/// is the same to the bit (the integer sums are exact).
+static VNNI: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// aiaas patch: lets the panel kernels use AVX-512 VNNI where the CPU has it (`true`, the
+/// default) or not (for side-by-side measurements and tests), whatever the environment says.
+pub fn set_vnni(on: bool) {
+    VNNI.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// aiaas patch: whether the panel kernels run with AVX-512 VNNI: the CPU has it (`avx512vnni`
+/// and `avx512vl`) and `set_vnni` / `AIAAS_VNNI` allow it.
+pub fn vnni() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    #[cfg(target_arch = "x86_64")]
+    let has = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    let allowed = match VNNI.load(Relaxed) {
+        0 => {
+            let on = !matches!(std::env::var("AIAAS_VNNI").as_deref(), Ok("off"));
+            // A concurrent `set_vnni` wins over the environment.
+            let _ = VNNI.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
+            VNNI.load(Relaxed) == 1
+        }
+        state => state == 1,
+    };
+    has && allowed
 }
 
 /// aiaas patch: how far ahead of its use `matmul` prefetches weight rows (one input row, or one

@@ -1,21 +1,32 @@
-//! The switch of candle patch items 8 and 9 (`AIAAS_PANEL_KERNELS=off`, or
-//! `k_quants::set_panel_kernels(false)`, kept for side-by-side measurements): switched off, Q4_1
-//! products take the row kernels again (`vec_dot`, and the four-row kernel of a batch), which
-//! still match the dequantized weights and give each row of a batch exactly what it gets alone.
-//! A test binary of its own, since the switch is process-wide.
+//! The switches of candle patch items 8 and 9, kept for side-by-side measurements:
+//! - `AIAAS_VNNI=off` (`k_quants::set_vnni(false)`): the panel kernels without AVX-512 VNNI
+//!   compute the same bits as with it (and as `panel_q4_1_reference`);
+//! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 products take the
+//!   row kernels again (`vec_dot`, and the four-row kernel of a batch), which still match the
+//!   dequantized weights and give each row of a batch exactly what it gets alone.
+//! A test binary of its own with one test, since the switches are process-wide.
 
 #![allow(clippy::unwrap_used)]
 
-use candle_core::quantized::k_quants::set_panel_kernels;
+use candle_core::quantized::k_quants::{set_panel_kernels, set_vnni, vnni};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 mod common;
 
-use common::values;
+use common::{check_panel_arithmetic, values};
 
 #[test]
-fn switched_off_q4_1_products_take_the_row_kernels() {
+fn the_q4_1_kernel_switches() {
+    // Without VNNI (on a CPU without it, this repeats the other test binary's check).
+    if !vnni() {
+        eprintln!("this CPU has no AVX-512 VNNI: both settings run the same kernels");
+    }
+    set_vnni(false);
+    assert!(!vnni());
+    check_panel_arithmetic("without VNNI: ");
+    set_vnni(true);
+
     let device = Device::Cpu;
     for (k, n, rows) in [(576, 64, 9), (1536, 67, 13)] {
         let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
