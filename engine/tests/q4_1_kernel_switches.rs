@@ -4,6 +4,7 @@
 //! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 products take the
 //!   row kernels again (`vec_dot`, and the four-row kernel of a batch), which still match the
 //!   dequantized weights and give each row of a batch exactly what it gets alone.
+//!
 //! A test binary of its own with one test, since the switches are process-wide.
 
 #![allow(clippy::unwrap_used)]
