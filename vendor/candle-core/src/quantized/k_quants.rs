@@ -2576,13 +2576,13 @@ pub fn matmul<T: GgmlType>(
 /// (a panel) and computes their products with every input row. With fewer than
 /// `REPACK_MIN_ROWS` input rows (decoding: each weight row meets a few input rows and comes
 /// from memory once), the kernel reads the weight rows where they lie
-/// (`avx::gemm_q4_1_q8_1_direct`) and panels are requested from memory ahead of their use, as
-/// in the one-row path of `matmul`; with more (a prompt), each task first repacks its panel
-/// (`avx::pack_q4_1_x8`: 320 bytes per block, 5.6 KB for rows of 576 values, in L1), which then
-/// serves all the rows (`avx::gemm_q4_1_q8_1`). Both kernels take four input rows per pass and
-/// compute each output by the same operations, so which one runs (and which rows share a pass)
-/// changes no result. The input rows' block scales are converted to f32 once, before the
-/// parallel part.
+/// (`avx::gemm_q4_1_q8_1_direct`), requesting the next panel from memory while it computes one;
+/// with more (a prompt), each task first repacks its panel (`avx::pack_q4_1_x8`: 320 bytes per
+/// block, 5.6 KB for rows of 576 values, in L1), which then serves all the rows
+/// (`avx::gemm_q4_1_q8_1`). Both kernels take up to four input rows per pass, with AVX-512 VNNI
+/// where `vnni()` says so, and compute each output by the same operations, so which one runs
+/// (and which rows share a pass) changes no result. The input rows' block scales are converted
+/// to f32 once, before the parallel part.
 #[cfg(target_feature = "avx2")]
 fn matmul_panels_q4_1(
     (m, k, n): (usize, usize, usize),
