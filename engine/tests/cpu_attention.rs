@@ -240,3 +240,100 @@ fn a_prompt_continuing_a_cached_prefix() {
         mask: Some(causal_mask(5, 145)),
     });
 }
+
+/// A decoding step of a ragged batch (sequences of different lengths, each with its own K and
+/// V, as continuous batching runs them): `Sdpa::run_ragged_decode` attends them all in one
+/// parallel loop, and each sequence gets exactly (bit for bit) what `run_attention` gives it
+/// alone, which matches the reference. Lengths cross the kernel's 64-position chunks; a head
+/// width of 20 takes the weighted sum's remainder path.
+#[test]
+fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
+    let device = Device::Cpu;
+    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3)] {
+        for (heads, kv_heads, d) in [(9, 3, 64), (4, 4, 20)] {
+            let lens = [5, 70, 131, 64];
+            let tensor = |len: usize, heads: usize, seed: u64, capacity: usize| {
+                Tensor::from_vec(
+                    values(heads * capacity * d, seed),
+                    (1, heads, capacity, d),
+                    &device,
+                )
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+                .narrow(2, 0, len)
+                .unwrap()
+            };
+            let qs: Vec<Tensor> = (0..lens.len())
+                .map(|i| tensor(1, heads, 10 + i as u64, 1))
+                .collect();
+            let ks: Vec<Tensor> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| tensor(len, kv_heads, 20 + i as u64, len + 7))
+                .collect();
+            let vs: Vec<Tensor> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| tensor(len, kv_heads, 30 + i as u64, len + 7))
+                .collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            let params = SdpaParams {
+                n_kv_groups: heads / kv_heads,
+                softcap: None,
+                softmax_scale: scale,
+                sliding_window: None,
+                sinks: None,
+            };
+            let together = Sdpa.run_ragged_decode(&qs, &ks, &vs, &params).unwrap();
+            assert_eq!(together.dims(), &[lens.len(), heads, 1, d]);
+            for (i, &len) in lens.iter().enumerate() {
+                let alone = Sdpa
+                    .run_attention(&qs[i], &ks[i], &vs[i], None, None, &params)
+                    .unwrap();
+                let row = together.narrow(0, i, 1).unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&row),
+                    bits(&alone),
+                    "{dtype:?}, {heads} heads of {d}: sequence {i} ({len} positions) differs from its attention alone"
+                );
+                let case = Case {
+                    batch: 1,
+                    heads,
+                    kv_heads,
+                    q_len: 1,
+                    kv_len: len,
+                    head_dim: d,
+                    softcap: None,
+                    mask: None,
+                };
+                let expected = reference(&qs[i], &ks[i], &vs[i], &case, scale);
+                let diff = (row.to_dtype(DType::F32).unwrap() - expected)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff <= tolerance,
+                    "{dtype:?}, {heads} heads of {d}: sequence {i} is {diff} from the reference"
+                );
+            }
+        }
+    }
+}

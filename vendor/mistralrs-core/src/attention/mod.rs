@@ -103,6 +103,49 @@ impl Sdpa {
     /// 1) If using flash attn (CUDA), use a flash attention V2/V3 kernel
     /// 2) If decoding and using a Metal device, use a fused kkernel
     /// 2) Otherwise, use the "naive" SDPA implementation (with optimized mask+softmax+scale application)
+    /// aiaas patch: one decoding step of a ragged batch (sequence `i`: query `qs[i]`,
+    /// `(1, n_heads, 1, head_dim)`, keys and values `ks[i]`, `vs[i]`, `(1, n_kv_heads, L_i,
+    /// head_dim)`, no mask). On CPU all sequences are attended in one parallel loop
+    /// (`cpu::run_flash_attn_cpu_ragged`), each getting exactly what `run_attention` gives it
+    /// alone; elsewhere, one `run_attention` per sequence. Returns `(n, n_heads, 1, head_dim)`.
+    pub fn run_ragged_decode(
+        &self,
+        qs: &[Tensor],
+        ks: &[Tensor],
+        vs: &[Tensor],
+        sdpa_params: &SdpaParams,
+    ) -> Result<Tensor> {
+        let on_cpu = qs.first().is_some_and(|q| q.device().is_cpu());
+        if on_cpu && sdpa_params.sinks.is_none() {
+            // flash-attn layout: (b_sz, seq_len, nheads, head_dim)
+            let flash = |ts: &[Tensor]| {
+                ts.iter()
+                    .map(|t| t.transpose(1, 2))
+                    .collect::<Result<Vec<_>>>()
+            };
+            let (qs, ks, vs) = (flash(qs)?, flash(ks)?, flash(vs)?);
+            match qs[0].dtype() {
+                DType::F32 => {
+                    return cpu::run_flash_attn_cpu_ragged::<f32>(&qs, &ks, &vs, sdpa_params)
+                }
+                DType::F16 => {
+                    return cpu::run_flash_attn_cpu_ragged::<half::f16>(&qs, &ks, &vs, sdpa_params)
+                }
+                DType::BF16 => {
+                    return cpu::run_flash_attn_cpu_ragged::<half::bf16>(&qs, &ks, &vs, sdpa_params)
+                }
+                _ => {}
+            }
+        }
+        let ys = qs
+            .iter()
+            .zip(ks)
+            .zip(vs)
+            .map(|((q, k), v)| self.run_attention(q, k, v, None, None, sdpa_params))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&ys, 0)
+    }
+
     #[allow(unused_variables, clippy::too_many_arguments)]
     pub fn run_attention(
         &self,

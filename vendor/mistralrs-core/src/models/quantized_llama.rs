@@ -327,7 +327,8 @@ impl LayerWeights {
             }
             None => match kv_cache {
                 // aiaas patch: a decode batch of sequences of different lengths: each
-                // sequence's key and value join its own cache and its query attends over that.
+                // sequence's key and value join its own cache and its query attends over that,
+                // all sequences in one call (`Sdpa::run_ragged_decode`).
                 KvCache::Ragged(caches) => {
                     if seq_len != 1 || caches.len() != b_sz {
                         candle_core::bail!(
@@ -335,16 +336,16 @@ impl LayerWeights {
                             caches.len()
                         );
                     }
-                    let ys = caches
-                        .iter_mut()
-                        .enumerate()
-                        .map(|(i, cache)| {
-                            let (k, v) = cache.append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
-                            let q = q.narrow(0, i, 1)?;
-                            Sdpa.run_attention(&q, &k, &v, None, None, &self.sdpa_params)
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    Tensor::cat(&ys, 0)?
+                    let mut qs = Vec::with_capacity(b_sz);
+                    let mut ks = Vec::with_capacity(b_sz);
+                    let mut vs = Vec::with_capacity(b_sz);
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        let (k, v) = cache.append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+                        qs.push(q.narrow(0, i, 1)?);
+                        ks.push(k);
+                        vs.push(v);
+                    }
+                    Sdpa.run_ragged_decode(&qs, &ks, &vs, &self.sdpa_params)?
                 }
                 _ => {
                     let (k, v) = kv_cache.append(&k, &v)?;

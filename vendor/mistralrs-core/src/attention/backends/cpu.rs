@@ -53,9 +53,6 @@ fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Size (in KV positions) processed by each inner‑tile job.
-const TILE_KV: usize = 16;
-
 /// aiaas patch: key positions scored together in the prompt kernel before their softmax weights
 /// are applied (one running-max update per chunk instead of one per position).
 const CHUNK_KV: usize = 64;
@@ -155,6 +152,47 @@ mod lanes {
         }
     }
 
+    /// `acc[..dv] += Σ_j p[j] · v[j·dv..][..dv]`, positions in order (zero weights, masked
+    /// positions, skipped), each lane one fused multiply-add per position (as `axpy` per
+    /// position would do), with the accumulators of 64 columns at a time held in registers
+    /// across the positions.
+    pub(super) fn weighted_sum(p: &[f32], v: &[f32], dv: usize, acc: &mut [f32]) {
+        assert!(v.len() >= p.len() * dv && acc.len() >= dv);
+        let blocks = dv / 64;
+        // SAFETY: every load and store is within `v` (position `j < p.len()`, column below
+        // `dv`) or `acc` (column below `dv`); AVX2 and FMA are enabled at compile time.
+        unsafe {
+            for blk in 0..blocks {
+                let col = blk * 64;
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, r) in r.iter_mut().enumerate() {
+                    *r = _mm256_loadu_ps(acc.as_ptr().add(col + 8 * i));
+                }
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let pj = _mm256_set1_ps(pj);
+                    let row = v.as_ptr().add(j * dv + col);
+                    for (i, r) in r.iter_mut().enumerate() {
+                        *r = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(8 * i)), *r);
+                    }
+                }
+                for (i, r) in r.iter().enumerate() {
+                    _mm256_storeu_ps(acc.as_mut_ptr().add(col + 8 * i), *r);
+                }
+            }
+        }
+        let rest = blocks * 64;
+        if rest < dv {
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != 0.0 {
+                    axpy(&mut acc[rest..dv], pj, &v[j * dv + rest..(j + 1) * dv]);
+                }
+            }
+        }
+    }
+
     #[inline]
     pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         let n = y.len().min(x.len());
@@ -196,6 +234,15 @@ mod lanes {
     pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (v, x) in y.iter_mut().zip(x) {
             *v += a * x;
+        }
+    }
+
+    /// `acc[..dv] += Σ_j p[j] · v[j·dv..][..dv]`, positions in order (zero weights skipped).
+    pub(super) fn weighted_sum(p: &[f32], v: &[f32], dv: usize, acc: &mut [f32]) {
+        for (j, &pj) in p.iter().enumerate() {
+            if pj != 0.0 {
+                axpy(&mut acc[..dv], pj, &v[j * dv..(j + 1) * dv]);
+            }
         }
     }
 }
@@ -543,11 +590,10 @@ where
 /// All intermediate maths is done in `f32`; we down‑cast to `T` exactly once
 /// when writing the output buffer.
 ///
-/// aiaas patch: each tile job widens its K and V rows to `f32` once per batch entry and KV head
-/// (shared by the query heads of a group), scores the tile's positions with a SIMD dot product
-/// and adds the weighted V rows with SIMD multiply-adds. Upstream kept one scratch slot per tile
-/// and head for all batch entries, so with several sequences decoding together every sequence
-/// received the attention output of the last one in the batch; the slots are now per batch entry.
+/// aiaas patch: every batch entry is a `DecodeSeq` of the same tensors, attended by
+/// `decode_attention` (see there); upstream kept one scratch slot per tile and head for all
+/// batch entries, so with several sequences decoding together every sequence received the
+/// attention output of the last one in the batch.
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_cpu_single_q<T>(
     q_data: &[T],
@@ -569,143 +615,271 @@ where
     T: WithDType + Copy + UpcastF32 + DowncastF32 + WidenF32,
 {
     let (b, _q_len, h, d) = (qshape[0], qshape[1], qshape[2], qshape[3]);
-    let kv_len = kshape[1];
-    let dv = d;
-    let kv_tiles = kv_len.div_ceil(TILE_KV);
-
-    // --- head tiling factors and softmax helper -----------------------
-    let k_h = kshape[2];
-    let v_h = vshape[2];
-    let rk2 = h / k_h;
-    let rv2 = h / v_h;
-    let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
-
-    // Every query row in f32, once.
-    let slots = b * h;
-    let mut qf = vec![0f32; slots * d];
-    for b_i in 0..b {
-        for h_i in 0..h {
-            let q_base = b_i * qstride[0] + h_i * qstride[2];
-            T::widen(
-                &q_data[q_base..q_base + d],
-                &mut qf[(b_i * h + h_i) * d..][..d],
-            );
-        }
-    }
-
-    // scratch per tile and (batch entry, head): weighted V sum, softmax sum and maximum
-    let mut scratch = vec![0f32; kv_tiles * slots * dv];
-    let mut scratch_s = vec![0f32; kv_tiles * slots];
-    let mut scratch_m = vec![f32::NEG_INFINITY; kv_tiles * slots];
-
+    let seqs: Vec<DecodeSeq<'_, T>> = (0..b)
+        .map(|b_i| DecodeSeq {
+            q: q_data,
+            k: k_data,
+            v: v_data,
+            qstride,
+            kstride,
+            vstride,
+            b_i,
+            kv_len: kshape[1],
+        })
+        .collect();
     let mask_info = match (mask_vec, mask_dims) {
         (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b, h }),
         _ => None,
     };
+    let heads = DecodeHeads { h, k_h: kshape[2], v_h: vshape[2], d, dv: d };
+    let out = decode_attention(&seqs, heads, mask_info.as_ref(), scale, max_bias, logit_softcap);
+    Tensor::from_vec(out, (b, h, 1, d), &Device::Cpu)
+}
+
+/// aiaas patch: the query row of one decoding sequence (`b_i` of tensors shaped
+/// `(B, S, H, D)`, candle's strides), and its keys and values, `kv_len` positions.
+struct DecodeSeq<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    qstride: &'a [usize],
+    kstride: &'a [usize],
+    vstride: &'a [usize],
+    b_i: usize,
+    kv_len: usize,
+}
+
+/// aiaas patch: query heads, key and value heads, and their widths.
+#[derive(Clone, Copy)]
+struct DecodeHeads {
+    h: usize,
+    k_h: usize,
+    v_h: usize,
+    d: usize,
+    dv: usize,
+}
+
+/// aiaas patch: key positions per task of `decode_attention`.
+const DECODE_CHUNK: usize = 64;
+
+/// aiaas patch: one decoding step's attention for every sequence of `seqs` (one query row
+/// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
+/// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
+/// from position 0). A task widens its chunk's K and V rows to `f32` once for the group, scores
+/// each head's query against them, takes the chunk's maximum, and sums the weighted V rows in
+/// registers (`lanes::weighted_sum`); the chunks of a head are then merged in order. Every
+/// output depends only on its own sequence's data (and mask), never on the other sequences nor
+/// on how many there are, so a sequence gets the same bits alone and batched. Returns `[seq]
+/// [head][dv]`.
+fn decode_attention<T>(
+    seqs: &[DecodeSeq<'_, T>],
+    DecodeHeads { h, k_h, v_h, d, dv }: DecodeHeads,
+    mask: Option<&MaskInfo<'_>>,
+    scale: f32,
+    max_bias: f32,
+    logit_softcap: f32,
+) -> Vec<T>
+where
+    T: WithDType + Copy + DowncastF32 + WidenF32,
+{
+    let rk2 = h / k_h;
+    let rv2 = h / v_h;
+    // Query heads per task: a key head's group where the value heads are grouped alike.
+    let group = if rk2 == rv2 { rk2 } else { 1 };
+    let groups = h / group;
+    let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
+    let slope = |h_i: usize| {
+        if max_bias > 0.0 {
+            2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+        } else {
+            1.0
+        }
+    };
+    // Tasks: (sequence, group, chunk); `first[s]` is sequence `s`'s first task.
+    let mut first = Vec::with_capacity(seqs.len() + 1);
+    let mut tasks = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        first.push(tasks.len());
+        for g in 0..groups {
+            for c in 0..seq.kv_len.div_ceil(DECODE_CHUNK) {
+                tasks.push((s, g, c));
+            }
+        }
+    }
+    first.push(tasks.len());
+    let mut part_acc = vec![0f32; tasks.len() * group * dv];
+    let mut part_s = vec![0f32; tasks.len() * group];
+    let mut part_m = vec![f32::NEG_INFINITY; tasks.len() * group];
+    let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
 
     in_attention_pool(|| {
-        scratch
-            .par_chunks_mut(slots * dv)
-            .zip(scratch_s.par_chunks_mut(slots))
-            .zip(scratch_m.par_chunks_mut(slots))
-            .enumerate()
-            .for_each(|(tile_idx, ((tile_acc, tile_s), tile_m))| {
-                let start = tile_idx * TILE_KV;
-                let end = (start + TILE_KV).min(kv_len);
-                let n = end - start;
-                let mut kbuf = vec![0f32; n * d];
-                let mut vbuf = vec![0f32; n * dv];
-                let mut scores = [0f32; TILE_KV];
-
-                for b_i in 0..b {
+        part_acc
+            .par_chunks_mut(group * dv)
+            .zip(part_s.par_chunks_mut(group))
+            .zip(part_m.par_chunks_mut(group))
+            .zip(tasks.par_iter())
+            .for_each_init(
+                || {
+                    let qf = vec![0f32; d];
+                    let (kbuf, vbuf) = (vec![0f32; DECODE_CHUNK * d], vec![0f32; DECODE_CHUNK * dv]);
+                    (qf, kbuf, vbuf, [0f32; DECODE_CHUNK])
+                },
+                |(qf, kbuf, vbuf, scores), (((acc, sums), maxes), &(s, g, c))| {
+                    let seq = &seqs[s];
+                    let start = c * DECODE_CHUNK;
+                    let n = DECODE_CHUNK.min(seq.kv_len - start);
                     let mut k_loaded = usize::MAX;
                     let mut v_loaded = usize::MAX;
-                    for h_i in 0..h {
-                        // Per‑head slope for ALiBi / NTK bias.
-                        let slope = if max_bias > 0.0 {
-                            2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                        } else {
-                            1.0
-                        };
-                        let k_head = h_i / rk2;
-                        let v_head = h_i / rv2;
+                    for hg in 0..group {
+                        let h_i = g * group + hg;
+                        let (k_head, v_head) = (h_i / rk2, h_i / rv2);
                         if k_head != k_loaded {
-                            for (j, row) in kbuf.chunks_exact_mut(d).enumerate() {
-                                let base =
-                                    b_i * kstride[0] + (start + j) * kstride[1] + k_head * kstride[2];
-                                T::widen(&k_data[base..base + d], row);
+                            for (j, row) in kbuf[..n * d].chunks_exact_mut(d).enumerate() {
+                                let base = seq.b_i * seq.kstride[0]
+                                    + (start + j) * seq.kstride[1]
+                                    + k_head * seq.kstride[2];
+                                T::widen(&seq.k[base..base + d], row);
                             }
                             k_loaded = k_head;
                         }
                         if v_head != v_loaded {
-                            for (j, row) in vbuf.chunks_exact_mut(dv).enumerate() {
-                                let base =
-                                    b_i * vstride[0] + (start + j) * vstride[1] + v_head * vstride[2];
-                                T::widen(&v_data[base..base + dv], row);
+                            for (j, row) in vbuf[..n * dv].chunks_exact_mut(dv).enumerate() {
+                                let base = seq.b_i * seq.vstride[0]
+                                    + (start + j) * seq.vstride[1]
+                                    + v_head * seq.vstride[2];
+                                T::widen(&seq.v[base..base + dv], row);
                             }
                             v_loaded = v_head;
                         }
-
-                        let slot = b_i * h + h_i;
-                        let q_row = &qf[slot * d..][..d];
-                        for (j, k_row) in kbuf.chunks_exact(d).enumerate() {
-                            let mask_delta = mask_info
-                                .as_ref()
-                                .map(|mask| slope * mask.value(b_i, h_i, 0, start + j))
+                        let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
+                        T::widen(&seq.q[q_base..q_base + d], qf);
+                        let slope = slope(h_i);
+                        for (j, k_row) in kbuf[..n * d].chunks_exact(d).enumerate() {
+                            let delta = mask
+                                .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
                                 .unwrap_or(0.0);
-                            scores[j] = if mask_delta == f32::NEG_INFINITY {
+                            scores[j] = if delta == f32::NEG_INFINITY {
                                 f32::NEG_INFINITY
                             } else {
-                                logit(q_row, k_row, scale, logit_softcap) + mask_delta
+                                logit(qf, k_row, scale, logit_softcap) + delta
                             };
                         }
-                        softmax_accumulate(
-                            &scores[..n],
-                            &vbuf,
-                            dv,
-                            &mut tile_acc[slot * dv..][..dv],
-                            &mut tile_s[slot],
-                            &mut tile_m[slot],
-                        );
+                        let m = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        maxes[hg] = m;
+                        let acc = &mut acc[hg * dv..][..dv];
+                        acc.fill(0.0);
+                        if m == f32::NEG_INFINITY {
+                            sums[hg] = 0.0;
+                            continue;
+                        }
+                        let mut sum = 0f32;
+                        for score in scores[..n].iter_mut() {
+                            *score = (*score - m).exp();
+                            sum += *score;
+                        }
+                        sums[hg] = sum;
+                        lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
+                    }
+                },
+            );
+
+        // Merge each head's chunks, in order.
+        out.par_chunks_mut(dv).enumerate().for_each_init(
+            || vec![0f32; dv],
+            |vkq, (slot, out)| {
+                let (s, h_i) = (slot / h, slot % h);
+                let (g, hg) = (h_i / group, h_i % group);
+                let chunks = seqs[s].kv_len.div_ceil(DECODE_CHUNK);
+                vkq.fill(0.0);
+                let mut sum = 0f32;
+                let mut m = f32::NEG_INFINITY;
+                for c in 0..chunks {
+                    let idx = (first[s] + g * chunks + c) * group + hg;
+                    let m_b = part_m[idx];
+                    if m_b == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let s_b = part_s[idx];
+                    let vkq_b = &part_acc[idx * dv..][..dv];
+                    if m_b <= m {
+                        let factor = (m_b - m).exp();
+                        lanes::axpy(vkq, factor, vkq_b);
+                        sum += s_b * factor;
+                    } else {
+                        let factor = (m - m_b).exp();
+                        scale_in_place(vkq, factor);
+                        lanes::axpy(vkq, 1.0, vkq_b);
+                        sum = sum * factor + s_b;
+                        m = m_b;
                     }
                 }
-            });
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                for (o, v) in out.iter_mut().zip(vkq.iter()) {
+                    *o = T::cast(*v * inv);
+                }
+            },
+        );
     });
+    out
+}
 
-    // -------- serial reduction over tiles (per batch entry and head) --------
-    let mut out = vec![T::cast(0.0); slots * dv];
-    let mut vkq = vec![0f32; dv];
-    for slot in 0..slots {
-        vkq.fill(0.0);
-        let mut s = 0f32;
-        let mut m = f32::NEG_INFINITY;
-        for tile_idx in 0..kv_tiles {
-            let idx = tile_idx * slots + slot;
-            let m_b = scratch_m[idx];
-            if m_b == f32::NEG_INFINITY {
-                continue;
-            }
-            let s_b = scratch_s[idx];
-            let vkq_b = &scratch[idx * dv..][..dv];
-            if m_b <= m {
-                let factor = (m_b - m).exp();
-                lanes::axpy(&mut vkq, factor, vkq_b);
-                s += s_b * factor;
-            } else {
-                let factor = (m - m_b).exp();
-                scale_in_place(&mut vkq, factor);
-                lanes::axpy(&mut vkq, 1.0, vkq_b);
-                s = s * factor + s_b;
-                m = m_b;
-            }
-        }
-        let inv_s = if s > 0.0 { 1.0 / s } else { 0.0 };
-        for (o, v) in out[slot * dv..][..dv].iter_mut().zip(vkq.iter()) {
-            *o = T::cast(*v * inv_s);
-        }
+/// aiaas patch: the storages of `ts`, held for reading, with their layouts.
+fn storages(ts: &[Tensor]) -> Vec<(std::sync::RwLockReadGuard<'_, Storage>, &candle_core::Layout)> {
+    ts.iter().map(|t| t.storage_and_layout()).collect()
+}
+
+/// aiaas patch: a tensor's elements from its first, out of its held CPU storage.
+fn cpu_slice<'a, T: WithDType>(
+    (guard, layout): &'a (std::sync::RwLockReadGuard<'_, Storage>, &candle_core::Layout),
+) -> Result<&'a [T]> {
+    match &**guard {
+        Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[layout.start_offset()..]),
+        _ => candle_core::bail!("ragged decode attention: expected CPU storage"),
     }
+}
 
-    Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)
+/// aiaas patch: one decoding step of a ragged batch: sequence `i` has its query `qs[i]`
+/// (`(1, 1, H, D)`) and its own keys and values `ks[i]`, `vs[i]` (`(1, L_i, H_kv, D)`, any
+/// lengths), all attended in one parallel loop (`decode_attention`) rather than one call per
+/// sequence. Returns `(n, H, 1, D)`, row `i` what `run_flash_attn_cpu` gives sequence `i`
+/// alone, to the bit.
+pub fn run_flash_attn_cpu_ragged<T>(
+    qs: &[Tensor],
+    ks: &[Tensor],
+    vs: &[Tensor],
+    sdpa_params: &SdpaParams,
+) -> Result<Tensor>
+where
+    T: WithDType + Copy + DowncastF32 + WidenF32,
+{
+    let (q_guards, k_guards, v_guards) = (storages(qs), storages(ks), storages(vs));
+    let (_, _, h, d) = qs.first().context("ragged decode attention: no sequence")?.dims4()?;
+    let (_, _, k_h, _) = ks[0].dims4()?;
+    let (_, _, v_h, dv) = vs[0].dims4()?;
+    let seqs = (0..qs.len())
+        .map(|i| {
+            Ok(DecodeSeq {
+                q: cpu_slice::<T>(&q_guards[i])?,
+                k: cpu_slice::<T>(&k_guards[i])?,
+                v: cpu_slice::<T>(&v_guards[i])?,
+                qstride: qs[i].stride(),
+                kstride: ks[i].stride(),
+                vstride: vs[i].stride(),
+                b_i: 0,
+                kv_len: ks[i].dims()[1],
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let heads = DecodeHeads { h, k_h, v_h, d, dv };
+    let out = decode_attention(
+        &seqs,
+        heads,
+        None,
+        sdpa_params.softmax_scale,
+        0.0,
+        sdpa_params.softcap.unwrap_or(0.0),
+    );
+    Tensor::from_vec(out, (qs.len(), h, 1, dv), &Device::Cpu)
 }
 
 /// aiaas patch: K or V of every batch entry and head in `f32`, rows contiguous per head:
