@@ -105,8 +105,14 @@ fn max_difference(case: &Case, dtype: DType) -> f32 {
         .unwrap();
     assert_eq!(got.dims(), &[b, h, case.q_len, d]);
     let expected = reference(&q, &k, &v, case, scale);
-    let got = got.to_dtype(DType::F32).unwrap();
-    let diff = (got - expected)
+    let diff = max_abs_difference(&got, &expected);
+    assert!(diff.is_finite(), "non-finite output");
+    diff
+}
+
+/// The largest absolute difference between `got` (any dtype) and `expected` (f32).
+fn max_abs_difference(got: &Tensor, expected: &Tensor) -> f32 {
+    (got.to_dtype(DType::F32).unwrap() - expected)
         .unwrap()
         .abs()
         .unwrap()
@@ -115,9 +121,17 @@ fn max_difference(case: &Case, dtype: DType) -> f32 {
         .max(0)
         .unwrap()
         .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff.is_finite(), "non-finite output");
-    diff
+        .unwrap()
+}
+
+/// A tensor's values as f32, flattened.
+fn flat_f32(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 fn check(case: &Case) {
@@ -292,20 +306,8 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                     .run_attention(&qs[i], &ks[i], &vs[i], None, None, &params)
                     .unwrap();
                 let row = together.narrow(0, i, 1).unwrap();
-                let bits = |t: &Tensor| -> Vec<u32> {
-                    t.to_dtype(DType::F32)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
-                };
-                assert_eq!(
-                    bits(&row),
-                    bits(&alone),
+                assert!(
+                    common::same_bits(&flat_f32(&row), &flat_f32(&alone)),
                     "{dtype:?}, {heads} heads of {d}: sequence {i} ({len} positions) differs from its attention alone"
                 );
                 let case = Case {
@@ -319,16 +321,7 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                     mask: None,
                 };
                 let expected = reference(&qs[i], &ks[i], &vs[i], &case, scale);
-                let diff = (row.to_dtype(DType::F32).unwrap() - expected)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_difference(&row, &expected);
                 assert!(
                     diff <= tolerance,
                     "{dtype:?}, {heads} heads of {d}: sequence {i} is {diff} from the reference"

@@ -15,7 +15,7 @@ use candle_core::{Device, Module, Tensor};
 
 mod common;
 
-use common::{check_panel_arithmetic, values};
+use common::{check_panel_arithmetic, dequantized_product, same_bits, values};
 
 #[test]
 fn the_q4_1_kernel_switches() {
@@ -41,20 +41,11 @@ fn the_q4_1_kernel_switches() {
         let panels = product(&input);
         set_panel_kernels(false);
         let batched = product(&input);
-        let expected: Vec<Vec<f32>> = input
-            .matmul(&dequantized.t().unwrap())
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        let (expected, scale) = dequantized_product(&input, &dequantized);
         for (r, got) in batched.iter().enumerate() {
             let alone = product(&input.narrow(0, r, 1).unwrap());
-            let same = got
-                .iter()
-                .zip(&alone[0])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
-                same,
+                same_bits(got, &alone[0]),
                 "{k} x {n}: row {r} of {rows} differs from its product alone"
             );
             for (c, (g, e)) in got.iter().zip(&expected[r]).enumerate() {

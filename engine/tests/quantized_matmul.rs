@@ -11,7 +11,7 @@ use candle_core::{Device, Module, Tensor};
 
 mod common;
 
-use common::{check_panel_arithmetic, values};
+use common::{check_panel_arithmetic, dequantized_product, same_bits, values};
 
 fn check(dtype: GgmlDType, rows: usize, k: usize, n: usize) {
     let device = Device::Cpu;
@@ -20,11 +20,8 @@ fn check(dtype: GgmlDType, rows: usize, k: usize, n: usize) {
     // The reference: the weights as the quantized tensor holds them, in f32.
     let dequantized = quantized.dequantize(&device).unwrap();
     let input = Tensor::from_vec(values(rows * k, 11 + rows as u64), (rows, k), &device).unwrap();
-    let expected: Vec<Vec<f32>> = input
-        .matmul(&dequantized.t().unwrap())
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let (expected, scale) = dequantized_product(&input, &dequantized);
+    let scale = scale.max(1e-6);
     let got: Vec<Vec<f32>> = QMatMul::from_qtensor(quantized)
         .unwrap()
         .forward(&input)
@@ -32,11 +29,6 @@ fn check(dtype: GgmlDType, rows: usize, k: usize, n: usize) {
         .to_vec2()
         .unwrap();
     assert_eq!(got.len(), rows);
-    let scale = expected
-        .iter()
-        .flatten()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(1e-6);
     for (r, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(g.len(), n);
         for (c, (g, e)) in g.iter().zip(e).enumerate() {
@@ -109,12 +101,8 @@ fn batched_rows_equal_single_rows_exactly() {
                     .unwrap()
                     .to_vec2()
                     .unwrap();
-                let same = got
-                    .iter()
-                    .zip(&alone[0])
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
-                    same,
+                    same_bits(got, &alone[0]),
                     "{dtype:?}, {k} x {n}, {rows} rows: row {r} differs from its product alone"
                 );
             }

@@ -15,6 +15,29 @@ pub fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The reference for a quantized product: `input` (rows x k) times the dequantized weights
+/// (`n` x `k`) in f32, row by row, and the largest magnitude among its values (the scale of
+/// the tolerance).
+#[allow(dead_code)] // not every test binary uses it
+pub fn dequantized_product(
+    input: &candle_core::Tensor,
+    dequantized: &candle_core::Tensor,
+) -> (Vec<Vec<f32>>, f32) {
+    let expected: Vec<Vec<f32>> = input
+        .matmul(&dequantized.t().unwrap())
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    (expected, scale)
+}
+
+/// Whether two rows of results are the same to the bit.
+#[allow(dead_code)] // not every test binary uses it
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 /// What the Q4_1 panel kernels (candle patch items 8 and 9) compute for one output, from the
 /// weight row's Q4_1 blocks and the input row's Q8_1 blocks: per block the exact integer sum
 /// of the 32 products, then `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`.
@@ -73,12 +96,7 @@ pub fn check_panel_arithmetic(label: &str) {
                 .data()
                 .unwrap()
                 .to_vec();
-            let expected: Vec<Vec<f32>> = flat
-                .matmul(&dequantized.t().unwrap())
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            let scale = expected.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+            let (expected, scale) = dequantized_product(&flat, &dequantized);
             let row_bytes = (k / 32) * 36;
             for (r, got) in got.iter().enumerate() {
                 let input_row = &input_bytes[r * row_bytes..(r + 1) * row_bytes];
