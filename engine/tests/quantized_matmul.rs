@@ -186,14 +186,15 @@ fn input_blocks_are_quantized_as_upstream_does() {
     }
 }
 
-/// Every Q4_1 product goes through the panel kernels: one row (decoding one sequence), a few
-/// (a decoding batch: weight rows read where they lie, one to four input rows per pass) and
-/// many (a prompt, or a large batch: weight rows repacked first), as a matrix or as prompts of
-/// shape `(batch, rows, k)`. Each output is exactly the arithmetic of `panel_q4_1_reference`,
-/// so it does not depend on the rows beside it, on how many there are or on which kernel ran,
-/// and it matches the dequantized weights. (With AVX-512 VNNI where the CPU has it;
-/// `q4_1_kernel_switches.rs` runs the same check without.)
+/// Every Q4_1 and Q8_0 product goes through the panel kernels: one row (decoding one
+/// sequence), a few (a decoding batch: weight rows read where they lie, one to four input rows
+/// per pass) and many (a prompt, or a large batch: Q4_1 weight rows repacked first), as a
+/// matrix or as prompts of shape `(batch, rows, k)`. Each output is exactly the arithmetic of
+/// `panel_q4_1_reference` / `panel_q8_0_reference`, so it does not depend on the rows beside
+/// it, on how many there are or on which kernel ran, and it matches the dequantized weights.
+/// (With AVX-512 VNNI where the CPU has it; `panel_kernel_switches.rs` runs the same check
+/// without.)
 #[test]
-fn every_q4_1_product_is_the_panel_arithmetic() {
+fn every_q4_1_and_q8_0_product_is_the_panel_arithmetic() {
     check_panel_arithmetic("");
 }

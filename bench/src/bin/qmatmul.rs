@@ -46,8 +46,12 @@ struct Args {
     /// only on the number of rows, not on this.
     #[arg(long)]
     prompt: bool,
-    /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 and 9, Q4_1)
-    /// to time, one after the other for each row count (`on`; `off`: the row kernels, as
+    /// The output layer instead of a transformer layer: one matmul of 576 → 49,152 (the
+    /// vocabulary; Q8_0 in the demo GGUF, 30 MB).
+    #[arg(long, conflicts_with = "fused")]
+    output: bool,
+    /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 to 10, Q4_1
+    /// and Q8_0) to time, one after the other for each row count (`on`; `off`: the row kernels, as
     /// before item 8).
     #[arg(long, default_value = "on", value_delimiter = ',')]
     panels: Vec<String>,
@@ -72,6 +76,9 @@ const FUSED_LAYER: [(usize, usize); 4] = [
     (576, 3072), // gate | up
     (1536, 576), // down
 ];
+
+/// The output layer: hidden width to vocabulary.
+const OUTPUT_LAYER: [(usize, usize); 1] = [(576, 49152)];
 
 fn dtype(name: &str) -> Result<GgmlDType> {
     Ok(match name {
@@ -98,7 +105,13 @@ fn main() -> Result<()> {
 
 fn run(args: &Args) -> Result<()> {
     let device = Device::Cpu;
-    let layer_shapes: &[(usize, usize)] = if args.fused { &FUSED_LAYER } else { &LAYER };
+    let layer_shapes: &[(usize, usize)] = if args.output {
+        &OUTPUT_LAYER
+    } else if args.fused {
+        &FUSED_LAYER
+    } else {
+        &LAYER
+    };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
     let panels: Vec<bool> = args
         .panels

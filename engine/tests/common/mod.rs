@@ -38,12 +38,15 @@ pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
 /// What the Q4_1 panel kernels (candle patch items 8 and 9) compute for one output, from the
 /// weight row's Q4_1 blocks and the input row's Q8_1 blocks: per block the exact integer sum
 /// of the 32 products, then `acc = fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`.
 #[allow(dead_code)] // not every test binary uses it
 pub fn panel_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
-    let f16_at = |bytes: &[u8], at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]);
     let mut acc = 0f32;
     for (w, y) in weight_row.chunks_exact(20).zip(input_row.chunks_exact(36)) {
         let sum: i32 = (0..32)
@@ -56,27 +59,63 @@ pub fn panel_q4_1_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
                 i32::from(q) * i32::from(y[4 + i] as i8)
             })
             .sum();
-        let (d_w, m_w) = (f16_at(w, 0).to_f32(), f16_at(w, 2).to_f32());
-        let (d_y, s_y) = (f16_at(y, 0).to_f32(), f16_at(y, 2).to_f32());
+        let (d_w, m_w) = (f16_at(w, 0), f16_at(w, 2));
+        let (d_y, s_y) = (f16_at(y, 0), f16_at(y, 2));
         acc = (sum as f32).mul_add(d_w * d_y, acc);
         acc = m_w.mul_add(s_y, acc);
     }
     acc
 }
 
-/// Checks every output of Q4_1 products of several shapes (one to nine rows, prompts of
-/// 6 to 33 rows; rows of 576 and 1536 values; 192 weight rows, and 67, whose last panel of
-/// eight is short) bit for bit against `panel_q4_1_reference` and within tolerance of the
-/// dequantized weights; `label` names the setting in failures.
+/// What the Q8_0 panel kernel (candle patch item 10) computes for one output, from the weight
+/// row's and the input row's Q8_0 blocks: per block the exact integer sum of the 32 products,
+/// then `acc = fma(sum, d_w * d_y, acc)`.
+#[allow(dead_code)] // not every test binary uses it
+pub fn panel_q8_0_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for (w, y) in weight_row.chunks_exact(34).zip(input_row.chunks_exact(34)) {
+        let sum: i32 = (0..32)
+            .map(|i| i32::from(w[2 + i] as i8) * i32::from(y[2 + i] as i8))
+            .sum();
+        acc = (sum as f32).mul_add(f16_at(w, 0) * f16_at(y, 0), acc);
+    }
+    acc
+}
+
+/// Checks every output of Q4_1 and Q8_0 products of several shapes (one to nine rows, prompts
+/// of 6 to 33 rows; rows of 576 and 1536 values; 192 weight rows, and 67, whose last panel of
+/// eight is short) bit for bit against `panel_q4_1_reference` / `panel_q8_0_reference` and
+/// within tolerance of the dequantized weights; `label` names the setting in failures.
 #[allow(dead_code)] // not every test binary uses it
 pub fn check_panel_arithmetic(label: &str) {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
+    type Reference = fn(&[u8], &[u8]) -> f32;
     let device = Device::Cpu;
+    // Weight type, input type, their block sizes in bytes, and the reference.
+    let types: [(GgmlDType, GgmlDType, usize, usize, Reference); 2] = [
+        (
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_1,
+            20,
+            36,
+            panel_q4_1_reference,
+        ),
+        (
+            GgmlDType::Q8_0,
+            GgmlDType::Q8_0,
+            34,
+            34,
+            panel_q8_0_reference,
+        ),
+    ];
     // 67 weight rows: the last panel of eight is short (three rows).
-    for (k, n) in [(576, 192), (1536, 67)] {
+    for ((dtype, input_type, weight_block, input_block, reference), (k, n)) in types
+        .into_iter()
+        .flat_map(|t| [(t, (576, 192)), (t, (1536, 67))])
+    {
         let weights = Tensor::from_vec(values(n * k, 5), (n, k), &device).unwrap();
-        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let quantized = QTensor::quantize(&weights, dtype).unwrap();
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
@@ -91,27 +130,28 @@ pub fn check_panel_arithmetic(label: &str) {
             let flat = input.reshape((count / k, k)).unwrap();
             let out = matmul.forward(&input).unwrap();
             let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
-            let input_bytes = QTensor::quantize(&flat, GgmlDType::Q8_1)
+            let input_bytes = QTensor::quantize(&flat, input_type)
                 .unwrap()
                 .data()
                 .unwrap()
                 .to_vec();
             let (expected, scale) = dequantized_product(&flat, &dequantized);
-            let row_bytes = (k / 32) * 36;
+            let (row_bytes, weight_row_bytes) = ((k / 32) * input_block, (k / 32) * weight_block);
             for (r, got) in got.iter().enumerate() {
                 let input_row = &input_bytes[r * row_bytes..(r + 1) * row_bytes];
                 for (c, g) in got.iter().enumerate() {
-                    let weight_row = &weight_bytes[c * (k / 32) * 20..(c + 1) * (k / 32) * 20];
-                    let exact = panel_q4_1_reference(weight_row, input_row);
+                    let weight_row =
+                        &weight_bytes[c * weight_row_bytes..(c + 1) * weight_row_bytes];
+                    let exact = reference(weight_row, input_row);
                     assert_eq!(
                         g.to_bits(),
                         exact.to_bits(),
-                        "{label}{k} x {n}, input {shape:?}: [{r}][{c}] = {g}, expected {exact}"
+                        "{label}{dtype:?} {k} x {n}, input {shape:?}: [{r}][{c}] = {g}, expected {exact}"
                     );
                     let e = expected[r][c];
                     assert!(
                         (g - e).abs() <= 0.02 * scale,
-                        "{label}{k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
+                        "{label}{dtype:?} {k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
                     );
                 }
             }

@@ -467,6 +467,129 @@ pub(crate) unsafe fn gemm_q4_1_q8_1_direct_vnni<const R: usize>(
     gemm_q4_1_q8_1_direct::<R, true>(blocks, xs, rows, ys, ys_d, ys_s, next)
 }
 
+// aiaas patch: the panel kernel for Q8_0 weights: eight weight rows read where they lie (`xs`:
+// `rows` of them, `blocks` blocks each, one after another; rows `rows..8` repeat the last one
+// and their lanes are to be ignored) times `R` Q8_0 input rows (`ys`, `blocks` blocks each, one
+// after another): `R` vectors of eight results, one lane per weight row. Per block, the eight
+// rows' 32 values are transposed in registers (two rows per vector, then 32-bit and 64-bit
+// interleaves) so that vector `g` holds values `4g..4g + 4` of each row, which meet the input
+// row's values `4g..4g + 4` broadcast to every lane; the 32 products of a block are summed
+// exactly as integers, then `acc = fma(sum, d_w * d_y, acc)`, block after block. Each result is
+// therefore computed by the same operations whatever `R` is and wherever its row and weight row
+// sit. With `VNNI`, `vpdpbusd` multiplies unsigned by signed bytes: the weights go in plus 128
+// and `ys_bias` (128 times the sum of each input block's values) comes off the block's sum;
+// without, the weights' signs move onto the input values (`|w| * sign(y, w)`, as
+// `vec_dot_q8_0_q8_0` does) and each step's 16-bit pairs are widened to 32 bits (a pair can
+// reach 2 * 128 * 127). Both give the same integers, given input values within -127..=127,
+// which is all `quantize_block_q8` writes. `ys_d` are the input blocks' scales as f32. `next`
+// (the next panel, or nothing) is requested from memory a few cache lines per block, as in
+// `gemm_q4_1_q8_1_direct`.
+#[inline(always)]
+pub(crate) fn gemm_q8_0_q8_0_direct<const R: usize, const VNNI: bool>(
+    blocks: usize,
+    xs: &[BlockQ8_0],
+    rows: usize,
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+    next: &[BlockQ8_0],
+) -> [[f32; 8]; R] {
+    assert!((1..=8).contains(&rows) && xs.len() >= rows * blocks);
+    assert!(ys.len() >= R * blocks && ys_d.len() >= R * blocks && ys_bias.len() >= R * blocks);
+    // SAFETY: AVX2, FMA and F16C are enabled (this module is only built with them); every
+    // block read is one of the `rows * blocks` in `xs` (16 bytes from byte 2 or 18, within its
+    // 34), and every input read is within the slices checked above.
+    unsafe {
+        let row: [*const BlockQ8_0; 8] =
+            std::array::from_fn(|j| xs.as_ptr().add(j.min(rows - 1) * blocks));
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let next_bytes = std::mem::size_of_val(next);
+        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        for b in 0..blocks {
+            for line in b * lines_per_block..(b + 1) * lines_per_block {
+                if line * 64 < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
+                }
+            }
+            // Rows `j` and `j + 4`, values `at..at + 16` of block `b`.
+            let pair = |j: usize, at: usize| {
+                let lo = (*row[j].add(b)).qs.as_ptr().add(at) as *const __m128i;
+                let hi = (*row[j + 4].add(b)).qs.as_ptr().add(at) as *const __m128i;
+                _mm256_loadu2_m128i(hi, lo)
+            };
+            let mut words = [_mm256_setzero_si256(); 8];
+            for (half, words) in words.chunks_exact_mut(4).enumerate() {
+                let v = [
+                    pair(0, 16 * half),
+                    pair(1, 16 * half),
+                    pair(2, 16 * half),
+                    pair(3, 16 * half),
+                ];
+                let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+                let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+                let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+                let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+                words[0] = _mm256_unpacklo_epi64(t0, t2);
+                words[1] = _mm256_unpackhi_epi64(t0, t2);
+                words[2] = _mm256_unpacklo_epi64(t1, t3);
+                words[3] = _mm256_unpackhi_epi64(t1, t3);
+            }
+            let d: [u16; 8] = std::array::from_fn(|j| (*row[j].add(b)).d.to_bits());
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); R];
+            for (g, w) in words.into_iter().enumerate() {
+                let unsigned = if VNNI {
+                    _mm256_xor_si256(w, flip)
+                } else {
+                    _mm256_sign_epi8(w, w)
+                };
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let y = ys.get_unchecked(r * blocks + b).qs.as_ptr().add(4 * g);
+                    let y = _mm256_set1_epi32((y as *const i32).read_unaligned());
+                    *sum = if VNNI {
+                        _mm256_dpbusd_epi32(*sum, unsigned, y)
+                    } else {
+                        let pairs = _mm256_maddubs_epi16(unsigned, _mm256_sign_epi8(y, w));
+                        _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones))
+                    };
+                }
+            }
+            for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                let sum = if VNNI {
+                    _mm256_sub_epi32(sum, _mm256_set1_epi32(*ys_bias.get_unchecked(r * blocks + b)))
+                } else {
+                    sum
+                };
+                let q = _mm256_cvtepi32_ps(sum);
+                let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
+                *acc = _mm256_fmadd_ps(q, d, *acc);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+        out
+    }
+}
+
+// # Safety
+// The CPU supports `avx512vnni` and `avx512vl`.
+#[target_feature(enable = "avx512vnni,avx512vl")]
+pub(crate) unsafe fn gemm_q8_0_q8_0_direct_vnni<const R: usize>(
+    blocks: usize,
+    xs: &[BlockQ8_0],
+    rows: usize,
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+    next: &[BlockQ8_0],
+) -> [[f32; 8]; R] {
+    gemm_q8_0_q8_0_direct::<R, true>(blocks, xs, rows, ys, ys_d, ys_bias, next)
+}
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(

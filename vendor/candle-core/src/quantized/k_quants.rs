@@ -841,6 +841,17 @@ impl GgmlType for BlockQ8_0 {
         )
     }
 
+    #[cfg(target_feature = "avx2")]
+    fn matmul_panels(
+        mkn: (usize, usize, usize),
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        dst: &mut [f32],
+    ) -> bool {
+        matmul_panels_q8_0(mkn, xs, ys, dst);
+        true
+    }
+
     #[allow(unreachable_code)]
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         #[cfg(target_feature = "avx2")]
@@ -2480,7 +2491,7 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
-    // aiaas patch: a weight type with panel kernels (Q4_1 with AVX2) runs every product
+    // aiaas patch: a weight type with panel kernels (Q4_1 and Q8_0 with AVX2) runs every product
     // through them, unless `set_panel_kernels(false)` or `AIAAS_PANEL_KERNELS=off` said
     // otherwise.
     if panel_kernels() {
@@ -2590,15 +2601,23 @@ fn matmul_panels_q4_1(
     ys: &[BlockQ8_1],
     dst: &mut [f32],
 ) {
-    use super::avx::{
-        gemm_q4_1_q8_1, gemm_q4_1_q8_1_direct, gemm_q4_1_q8_1_direct_vnni, gemm_q4_1_q8_1_vnni,
-        pack_q4_1_x8, PACKED_Q4_1_WORDS,
-    };
+    use super::avx::{gemm_q4_1_q8_1, gemm_q4_1_q8_1_vnni, pack_q4_1_x8, PACKED_Q4_1_WORDS};
     let vnni = vnni();
     let blocks = k.div_ceil(QK4_1);
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
     let ys_d: Vec<f32> = ys[..m * blocks].iter().map(|y| y.d.to_f32()).collect();
     let ys_s: Vec<f32> = ys[..m * blocks].iter().map(|y| y.s.to_f32()).collect();
+    if m < REPACK_MIN_ROWS {
+        let rows = Q4_1Rows {
+            blocks,
+            ys,
+            ys_d: &ys_d,
+            ys_s: &ys_s,
+            vnni,
+        };
+        direct_panels((m, n, blocks), xs, dst, &rows);
+        return;
+    }
     let cols = ColumnWriter(dst.as_mut_ptr());
     let write = |first: usize, width: usize, row: usize, values: &[f32; 8]| {
         for (c, value) in values[..width].iter().enumerate() {
@@ -2608,54 +2627,6 @@ fn matmul_panels_q4_1(
         }
     };
     let panels = n.div_ceil(8);
-    if m < REPACK_MIN_ROWS {
-        (0..panels)
-            .into_par_iter()
-            .with_min_len(16)
-            .with_max_len(64)
-            .for_each(|panel| {
-                let first = panel * 8;
-                let width = 8.min(n - first);
-                // The next panel, requested from memory while this one is computed (the first
-                // pass over this one spreads the requests over its blocks).
-                let next = (first + 8) * blocks..(first + 16) * blocks;
-                let next = &xs[next.start.min(xs.len())..next.end.min(xs.len())];
-                let xs = &xs[first * blocks..(first + width) * blocks];
-                let mut row = 0;
-                while row < m {
-                    let range = row * blocks..;
-                    let (ys, ys_d, ys_s) = (&ys[range.clone()], &ys_d[range.clone()], &ys_s[range]);
-                    macro_rules! pass {
-                        ($r:literal) => {{
-                            let next = if row == 0 { next } else { &[] };
-                            let out = if vnni {
-                                // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
-                                unsafe {
-                                    gemm_q4_1_q8_1_direct_vnni::<$r>(
-                                        blocks, xs, width, ys, ys_d, ys_s, next,
-                                    )
-                                }
-                            } else {
-                                gemm_q4_1_q8_1_direct::<$r, false>(
-                                    blocks, xs, width, ys, ys_d, ys_s, next,
-                                )
-                            };
-                            for (r, values) in out.iter().enumerate() {
-                                write(first, width, row + r, values);
-                            }
-                            $r
-                        }};
-                    }
-                    row += match m - row {
-                        1 => pass!(1),
-                        2 => pass!(2),
-                        3 => pass!(3),
-                        _ => pass!(4),
-                    };
-                }
-            });
-        return;
-    }
     (0..panels).into_par_iter().for_each_init(
         || vec![0u32; blocks * PACKED_Q4_1_WORDS],
         |packed, panel| {
@@ -2686,6 +2657,171 @@ fn matmul_panels_q4_1(
     );
 }
 
+/// aiaas patch: a panel kernel that reads its weight rows where they lie, with the input rows
+/// it serves: `R` of them, from input row `row`, times a panel of `width` (1..=8) weight rows
+/// `xs`; `next` is the next panel, to request from memory meanwhile.
+#[cfg(target_feature = "avx2")]
+trait DirectPanels: Sync {
+    type Weight: Sync;
+    fn pass<const R: usize>(
+        &self,
+        row: usize,
+        xs: &[Self::Weight],
+        width: usize,
+        next: &[Self::Weight],
+    ) -> [[f32; 8]; R];
+}
+
+/// aiaas patch: the `m` x `n` product of `kernel`'s input rows with the `n` weight rows `xs`
+/// (`blocks` blocks each) into `dst`: a task per run of panels of eight weight rows, each panel
+/// meeting the input rows up to four at a time. Each panel's first pass requests the next
+/// panel from memory.
+#[cfg(target_feature = "avx2")]
+fn direct_panels<K: DirectPanels>(
+    (m, n, blocks): (usize, usize, usize),
+    xs: &[K::Weight],
+    dst: &mut [f32],
+    kernel: &K,
+) {
+    assert!(xs.len() >= n * blocks && dst.len() >= m * n);
+    let cols = ColumnWriter(dst.as_mut_ptr());
+    (0..n.div_ceil(8))
+        .into_par_iter()
+        .with_min_len(16)
+        .with_max_len(64)
+        .for_each(|panel| {
+            let first = panel * 8;
+            let width = 8.min(n - first);
+            let next = (first + 8) * blocks..(first + 16) * blocks;
+            let next = &xs[next.start.min(xs.len())..next.end.min(xs.len())];
+            let xs = &xs[first * blocks..(first + width) * blocks];
+            let mut row = 0;
+            while row < m {
+                let next = if row == 0 { next } else { &[] };
+                macro_rules! pass {
+                    ($r:literal) => {{
+                        let out = kernel.pass::<$r>(row, xs, width, next);
+                        for (r, values) in out.iter().enumerate() {
+                            for (c, value) in values[..width].iter().enumerate() {
+                                // SAFETY: `row + r < m` and `first + c < n`, so the index is
+                                // below `m * n <= dst.len()`, and only the task of this panel
+                                // writes these columns.
+                                unsafe { cols.write((row + r) * n + first + c, *value) };
+                            }
+                        }
+                        $r
+                    }};
+                }
+                row += match m - row {
+                    1 => pass!(1),
+                    2 => pass!(2),
+                    3 => pass!(3),
+                    _ => pass!(4),
+                };
+            }
+        });
+}
+
+/// aiaas patch: Q8_1 input rows for `avx::gemm_q4_1_q8_1_direct`, with their blocks' scales as
+/// f32.
+#[cfg(target_feature = "avx2")]
+struct Q4_1Rows<'a> {
+    blocks: usize,
+    ys: &'a [BlockQ8_1],
+    ys_d: &'a [f32],
+    ys_s: &'a [f32],
+    vnni: bool,
+}
+
+#[cfg(target_feature = "avx2")]
+impl DirectPanels for Q4_1Rows<'_> {
+    type Weight = BlockQ4_1;
+
+    #[inline(always)]
+    fn pass<const R: usize>(
+        &self,
+        row: usize,
+        xs: &[BlockQ4_1],
+        width: usize,
+        next: &[BlockQ4_1],
+    ) -> [[f32; 8]; R] {
+        use super::avx::{gemm_q4_1_q8_1_direct, gemm_q4_1_q8_1_direct_vnni};
+        let at = row * self.blocks..;
+        let (ys, ys_d, ys_s) = (&self.ys[at.clone()], &self.ys_d[at.clone()], &self.ys_s[at]);
+        if self.vnni {
+            // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+            unsafe { gemm_q4_1_q8_1_direct_vnni::<R>(self.blocks, xs, width, ys, ys_d, ys_s, next) }
+        } else {
+            gemm_q4_1_q8_1_direct::<R, false>(self.blocks, xs, width, ys, ys_d, ys_s, next)
+        }
+    }
+}
+
+/// aiaas patch: Q8_0 input rows for `avx::gemm_q8_0_q8_0_direct`, with their blocks' scales as
+/// f32 and 128 times the sums of their blocks' values.
+#[cfg(target_feature = "avx2")]
+struct Q8_0Rows<'a> {
+    blocks: usize,
+    ys: &'a [BlockQ8_0],
+    ys_d: &'a [f32],
+    ys_bias: &'a [i32],
+    vnni: bool,
+}
+
+#[cfg(target_feature = "avx2")]
+impl DirectPanels for Q8_0Rows<'_> {
+    type Weight = BlockQ8_0;
+
+    #[inline(always)]
+    fn pass<const R: usize>(
+        &self,
+        row: usize,
+        xs: &[BlockQ8_0],
+        width: usize,
+        next: &[BlockQ8_0],
+    ) -> [[f32; 8]; R] {
+        use super::avx::{gemm_q8_0_q8_0_direct, gemm_q8_0_q8_0_direct_vnni};
+        let at = row * self.blocks..;
+        let (ys, ys_d, bias) = (&self.ys[at.clone()], &self.ys_d[at.clone()], &self.ys_bias[at]);
+        if self.vnni {
+            // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+            unsafe { gemm_q8_0_q8_0_direct_vnni::<R>(self.blocks, xs, width, ys, ys_d, bias, next) }
+        } else {
+            gemm_q8_0_q8_0_direct::<R, false>(self.blocks, xs, width, ys, ys_d, bias, next)
+        }
+    }
+}
+
+/// aiaas patch: `GgmlType::matmul_panels` for Q8_0 weights (in the demo model, the output
+/// layer: 49,152 rows of 576 values, 30 MB, read once per decoding step): every product through
+/// `avx::gemm_q8_0_q8_0_direct`, eight weight rows per panel, up to four input rows per pass,
+/// with AVX-512 VNNI where `vnni()` says so. The output layer meets one input row per sequence
+/// (the last position of a prompt), so there is no repacked variant.
+#[cfg(target_feature = "avx2")]
+fn matmul_panels_q8_0(
+    (m, k, n): (usize, usize, usize),
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    dst: &mut [f32],
+) {
+    let blocks = k.div_ceil(QK8_0);
+    assert!(ys.len() >= m * blocks);
+    let ys = &ys[..m * blocks];
+    let ys_d: Vec<f32> = ys.iter().map(|y| y.d.to_f32()).collect();
+    let ys_bias: Vec<i32> = ys
+        .iter()
+        .map(|y| 128 * y.qs.iter().map(|&q| i32::from(q)).sum::<i32>())
+        .collect();
+    let rows = Q8_0Rows {
+        blocks,
+        ys,
+        ys_d: &ys_d,
+        ys_bias: &ys_bias,
+        vnni: vnni(),
+    };
+    direct_panels((m, n, blocks), xs, dst, &rows);
+}
+
 /// aiaas patch: the fewest input rows for which `matmul_panels_q4_1` repacks its panels of
 /// weight rows rather than reading them where they lie. `aiaas-qmatmul --fused --prompt
 /// --layers 30`, with AVX-512 VNNI (2026-11-30, two runs, µs per row and layer, direct /
@@ -2700,8 +2836,8 @@ const REPACK_MIN_ROWS: usize = 48;
 static PANEL_KERNELS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// aiaas patch: turns the panel kernels on or off (for side-by-side measurements and tests),
-/// whatever the environment says. Off, Q4_1 products take the row kernels (`vec_dot`,
-/// `vec_dot_rows`).
+/// whatever the environment says. Off, Q4_1 and Q8_0 products take the row kernels
+/// (`vec_dot`, `vec_dot_rows`).
 pub fn set_panel_kernels(on: bool) {
     PANEL_KERNELS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }

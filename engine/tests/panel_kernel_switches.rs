@@ -1,9 +1,9 @@
-//! The switches of candle patch items 8 and 9, kept for side-by-side measurements:
+//! The switches of candle patch items 8 to 10, kept for side-by-side measurements:
 //! - `AIAAS_VNNI=off` (`k_quants::set_vnni(false)`): the panel kernels without AVX-512 VNNI
-//!   compute the same bits as with it (and as `panel_q4_1_reference`);
-//! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 products take the
-//!   row kernels again (`vec_dot`, and the four-row kernel of a batch), which still match the
-//!   dequantized weights and give each row of a batch exactly what it gets alone.
+//!   compute the same bits as with it (and as `panel_q4_1_reference` / `panel_q8_0_reference`);
+//! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 and Q8_0 products
+//!   take the row kernels again (`vec_dot`, and the four-row kernels of a batch), which still
+//!   match the dequantized weights and give each row of a batch exactly what it gets alone.
 //!
 //! A test binary of its own with one test, since the switches are process-wide.
 
@@ -18,7 +18,7 @@ mod common;
 use common::{check_panel_arithmetic, dequantized_product, same_bits, values};
 
 #[test]
-fn the_q4_1_kernel_switches() {
+fn the_panel_kernel_switches() {
     // Without VNNI (on a CPU without it, this repeats the other test binary's check).
     if !vnni() {
         eprintln!("this CPU has no AVX-512 VNNI: both settings run the same kernels");
@@ -29,9 +29,12 @@ fn the_q4_1_kernel_switches() {
     set_vnni(true);
 
     let device = Device::Cpu;
-    for (k, n, rows) in [(576, 64, 9), (1536, 67, 13)] {
+    for (dtype, k, n, rows) in [GgmlDType::Q4_1, GgmlDType::Q8_0]
+        .into_iter()
+        .flat_map(|t| [(t, 576, 64, 9), (t, 1536, 67, 13)])
+    {
         let weights = Tensor::from_vec(values(n * k, 3), (n, k), &device).unwrap();
-        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let quantized = QTensor::quantize(&weights, dtype).unwrap();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
         let input = Tensor::from_vec(values(rows * k, 100), (rows, k), &device).unwrap();
@@ -46,21 +49,25 @@ fn the_q4_1_kernel_switches() {
             let alone = product(&input.narrow(0, r, 1).unwrap());
             assert!(
                 same_bits(got, &alone[0]),
-                "{k} x {n}: row {r} of {rows} differs from its product alone"
+                "{dtype:?} {k} x {n}: row {r} of {rows} differs from its product alone"
             );
             for (c, (g, e)) in got.iter().zip(&expected[r]).enumerate() {
                 assert!(
                     (g - e).abs() <= 0.02 * scale,
-                    "{k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
+                    "{dtype:?} {k} x {n}: [{r}][{c}] = {g}, dequantized product {e} (scale {scale})"
                 );
             }
         }
         // The row kernels add in another order than the panel kernels: the switch took effect.
         assert_ne!(
             batched, panels,
-            "{k} x {n}: switching the panel kernels off changed nothing"
+            "{dtype:?} {k} x {n}: switching the panel kernels off changed nothing"
         );
         set_panel_kernels(true);
-        assert_eq!(product(&input), panels, "{k} x {n}: switched back on");
+        assert_eq!(
+            product(&input),
+            panels,
+            "{dtype:?} {k} x {n}: switched back on"
+        );
     }
 }
