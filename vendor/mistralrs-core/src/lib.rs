@@ -1823,6 +1823,67 @@ impl MistralRs {
     }
 }
 
+/// aiaas patch: keeps the engine pool's other workers awake while sequences are running. Rayon
+/// puts a worker to sleep after about 32 rounds without work (tens of microseconds), and the
+/// serial stretches between a step's parallel operations (dispatch, small operations, the
+/// scheduler, sampling) are often longer: the next operation then waits for a futex wake-up and
+/// a context switch, hundreds of times per step (`perf sched`: ~0.2 ms average wake-up delay of
+/// the two engine threads at concurrency 8; the scheduler's functions ~11% of a
+/// concurrency-8 profile). While `busy`, a job on each other worker takes work as rayon offers
+/// it (`rayon::yield_now`) and otherwise yields the core to the OS, without ever sleeping; it
+/// ends when the engine has no sequences left (`idle`). `AIAAS_KEEP_AWAKE=off` turns it off.
+pub mod keep_awake {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::LazyLock;
+
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    static SPINNING: AtomicUsize = AtomicUsize::new(0);
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    static ENABLED: LazyLock<bool> =
+        LazyLock::new(|| !std::env::var("AIAAS_KEEP_AWAKE").is_ok_and(|v| v == "off"));
+
+    /// Sequences are running: from the engine thread (worker 0 of its pool), before a step.
+    pub(crate) fn busy() {
+        if !*ENABLED || rayon::current_thread_index() != Some(0) {
+            return;
+        }
+        BUSY.store(true, Ordering::Release);
+        // Only this thread adds spinners; a spinner that ended lowers the count itself.
+        let others = rayon::current_num_threads().saturating_sub(1);
+        while SPINNING.load(Ordering::Acquire) < others {
+            SPINNING.fetch_add(1, Ordering::AcqRel);
+            STARTED.fetch_add(1, Ordering::Relaxed);
+            rayon::spawn(spin);
+        }
+    }
+
+    /// No sequences: the spinners end (and the workers may sleep again).
+    pub(crate) fn idle() {
+        BUSY.store(false, Ordering::Release);
+    }
+
+    /// How many keep-awake jobs are running now, and how many were ever started (for tests).
+    pub fn state() -> (usize, usize) {
+        (
+            SPINNING.load(Ordering::Acquire),
+            STARTED.load(Ordering::Relaxed),
+        )
+    }
+
+    fn spin() {
+        // The engine thread itself may pop this job while it waits inside a join: it must
+        // return at once there, since its own step is what ends the spinning.
+        if rayon::current_thread_index() != Some(0) {
+            while BUSY.load(Ordering::Acquire) {
+                if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        SPINNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// aiaas patch: a rayon pool whose worker 0 is the calling thread (the engine thread), so the
 /// model's many small parallel operations (candle's norms, softmax, RoPE, quantized matmuls,
 /// the CPU attention) fork and join from inside a pool instead of handing each one to the

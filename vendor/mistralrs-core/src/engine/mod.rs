@@ -327,6 +327,12 @@ impl Engine {
                 (scheduler.waiting_len(), scheduler.running_len())
             };
             let scheduler_idle = waiting_len == 0 && running_len == 0;
+            // aiaas patch: the engine pool's workers stay awake while there is work.
+            if scheduler_idle {
+                crate::keep_awake::idle();
+            } else {
+                crate::keep_awake::busy();
+            }
 
             if scheduler_idle {
                 if should_terminate() {

@@ -1,0 +1,76 @@
+//! The engine pool's keep-awake jobs (vendored mistral.rs patch item 10,
+//! `vendor/mistralrs-core/AIAAS-PATCH.md`): they start while sequences run, and they all end
+//! once the engine has nothing left to do, so an idle server does not keep a core spinning. A
+//! test binary of its own: the jobs' counters are process-wide.
+
+use std::time::{Duration, Instant};
+
+use aiaas_engine::{Engine, EngineConfig, GenerateRequest, ModelSpec, Prompt, Sampling};
+use mistralrs_core::keep_awake;
+
+const MODEL: &str = "tiny-llama-q4_1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_awake_jobs_run_with_sequences_and_end_when_idle() {
+    let spec = ModelSpec {
+        id: MODEL.into(),
+        source: aiaas_tests::fixtures()
+            .join("tiny-llama-q4_1.gguf")
+            .to_string_lossy()
+            .into_owned(),
+        kind: None,
+        chat_template: None,
+        dtype: None,
+        max_seq_len: None,
+        isq: None,
+        device: Some("cpu".into()),
+    };
+    let engine = Engine::load(EngineConfig::default(), vec![spec])
+        .await
+        .expect("the quantized tiny GGUF loads");
+    let (_, started_before) = keep_awake::state();
+    let request = |prompt: &str| GenerateRequest {
+        model: MODEL.into(),
+        prompt: Prompt::Text(prompt.into()),
+        sampling: Sampling {
+            temperature: Some(0.0),
+            max_tokens: Some(24),
+            ..Sampling::default()
+        },
+    };
+    let generations = futures::future::join_all(
+        ["one two three", "a cat and a dog", "hello"].map(|p| engine.generate(request(p))),
+    )
+    .await;
+    for generation in generations {
+        let generation = generation.expect("generation");
+        assert!(generation.usage.completion_tokens > 0, "nothing generated");
+    }
+    let (_, started) = keep_awake::state();
+    assert!(
+        started > started_before,
+        "no keep-awake job started while sequences ran"
+    );
+    // Idle now: every job ends (the engine marks itself idle on its next loop).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (spinning, _) = keep_awake::state();
+        if spinning == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{spinning} keep-awake job(s) still running 10 s after the last sequence ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And a later request starts them again.
+    engine
+        .generate(request("again"))
+        .await
+        .expect("generation after idle");
+    assert!(
+        keep_awake::state().1 > started,
+        "no job started for the later request"
+    );
+}
