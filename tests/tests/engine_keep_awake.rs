@@ -1,7 +1,7 @@
 //! The engine pool's keep-awake jobs (vendored mistral.rs patch item 10,
-//! `vendor/mistralrs-core/AIAAS-PATCH.md`): they start while sequences run, and they all end
-//! once the engine has nothing left to do, so an idle server does not keep a core spinning. A
-//! test binary of its own: the jobs' counters are process-wide.
+//! `vendor/mistralrs-core/AIAAS-PATCH.md`): they start while two or more sequences run, and
+//! they all end once the engine has nothing left to do, so an idle server does not keep a core
+//! spinning. A test binary of its own: the jobs' counters are process-wide.
 
 use std::time::{Duration, Instant};
 
@@ -64,13 +64,19 @@ async fn keep_awake_jobs_run_with_sequences_and_end_when_idle() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // And a later request starts them again.
+    // One sequence alone starts none; two again do.
     engine
-        .generate(request("again"))
+        .generate(request("alone"))
         .await
-        .expect("generation after idle");
+        .expect("generation alone");
+    let (_, after_one) = keep_awake::state();
+    assert_eq!(after_one, started, "a job started for one sequence");
+    let again =
+        futures::future::join_all(["again", "and again"].map(|p| engine.generate(request(p))))
+            .await;
+    assert!(again.iter().all(Result::is_ok), "generations after idle");
     assert!(
         keep_awake::state().1 > started,
-        "no job started for the later request"
+        "no job started for two later requests"
     );
 }

@@ -1829,9 +1829,10 @@ impl MistralRs {
 /// scheduler, sampling) are often longer: the next operation then waits for a futex wake-up and
 /// a context switch, hundreds of times per step (`perf sched`: ~0.2 ms average wake-up delay of
 /// the two engine threads at concurrency 8; the scheduler's functions ~11% of a
-/// concurrency-8 profile). While `busy`, a job on each other worker takes work as rayon offers
-/// it (`rayon::yield_now`) and otherwise yields the core to the OS, without ever sleeping; it
-/// ends when the engine has no sequences left (`idle`). `AIAAS_KEEP_AWAKE=off` turns it off.
+/// concurrency-8 profile). While `busy` (two or more sequences), a job on each other worker
+/// takes work as rayon offers it (`rayon::yield_now`) and otherwise yields the core to the OS,
+/// without ever sleeping; it ends when the engine has fewer sequences (`idle`).
+/// `AIAAS_KEEP_AWAKE=off` turns it off.
 pub mod keep_awake {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::LazyLock;
@@ -1842,7 +1843,7 @@ pub mod keep_awake {
     static ENABLED: LazyLock<bool> =
         LazyLock::new(|| !std::env::var("AIAAS_KEEP_AWAKE").is_ok_and(|v| v == "off"));
 
-    /// Sequences are running: from the engine thread (worker 0 of its pool), before a step.
+    /// Two or more sequences: from the engine thread (worker 0 of its pool), before a step.
     pub(crate) fn busy() {
         if !*ENABLED || rayon::current_thread_index() != Some(0) {
             return;
@@ -1857,7 +1858,7 @@ pub mod keep_awake {
         }
     }
 
-    /// No sequences: the spinners end (and the workers may sleep again).
+    /// One sequence or none: the spinners end (and the workers may sleep again).
     pub(crate) fn idle() {
         BUSY.store(false, Ordering::Release);
     }

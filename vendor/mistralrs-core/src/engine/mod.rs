@@ -327,11 +327,12 @@ impl Engine {
                 (scheduler.waiting_len(), scheduler.running_len())
             };
             let scheduler_idle = waiting_len == 0 && running_len == 0;
-            // aiaas patch: the engine pool's workers stay awake while there is work.
-            if scheduler_idle {
-                crate::keep_awake::idle();
-            } else {
+            // aiaas patch: the engine pool's workers stay awake while two or more sequences
+            // are waiting or running (one stream measured no gain).
+            if waiting_len + running_len >= 2 {
                 crate::keep_awake::busy();
+            } else {
+                crate::keep_awake::idle();
             }
 
             if scheduler_idle {
