@@ -72,6 +72,24 @@ pub fn fixtures() -> &'static Path {
     })
 }
 
+/// The tiny Q4_1 GGUF Llama (`tiny-llama-q4_1.gguf`) as model `id`, on the CPU: what the tests
+/// of the vendored quantized kernels and engine loop load.
+pub fn tiny_q4_1_gguf(id: &str) -> ModelSpec {
+    ModelSpec {
+        id: id.into(),
+        source: fixtures()
+            .join("tiny-llama-q4_1.gguf")
+            .to_string_lossy()
+            .into_owned(),
+        kind: None,
+        chat_template: None,
+        dtype: None,
+        max_seq_len: None,
+        isq: None,
+        device: Some("cpu".into()),
+    }
+}
+
 /// The model table of the standard test server.
 pub fn standard_models() -> Vec<ModelSpec> {
     let dir = fixtures();

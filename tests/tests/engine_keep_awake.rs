@@ -5,26 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use aiaas_engine::{Engine, EngineConfig, GenerateRequest, ModelSpec, Prompt, Sampling};
+use aiaas_engine::{Engine, EngineConfig, GenerateRequest, Prompt, Sampling};
 use mistralrs_core::keep_awake;
 
 const MODEL: &str = "tiny-llama-q4_1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_awake_jobs_run_with_sequences_and_end_when_idle() {
-    let spec = ModelSpec {
-        id: MODEL.into(),
-        source: aiaas_tests::fixtures()
-            .join("tiny-llama-q4_1.gguf")
-            .to_string_lossy()
-            .into_owned(),
-        kind: None,
-        chat_template: None,
-        dtype: None,
-        max_seq_len: None,
-        isq: None,
-        device: Some("cpu".into()),
-    };
+    let spec = aiaas_tests::tiny_q4_1_gguf(MODEL);
     let engine = Engine::load(EngineConfig::default(), vec![spec])
         .await
         .expect("the quantized tiny GGUF loads");

@@ -7,9 +7,7 @@
 //! A test binary of its own: it switches the stacking off through the environment between two
 //! loads of the model, which no other test in the process may observe.
 
-use aiaas_engine::{
-    Engine, EngineConfig, GenerateRequest, Generation, ModelSpec, Prompt, Sampling,
-};
+use aiaas_engine::{Engine, EngineConfig, GenerateRequest, Generation, Prompt, Sampling};
 
 const MODEL: &str = "tiny-llama-q4_1";
 
@@ -17,20 +15,7 @@ const MODEL: &str = "tiny-llama-q4_1";
 /// lengths one at a time (one-row decoding, prompts of several rows), then the same prompts at
 /// once (batched decoding, whose stacked outputs are strided views of the matmul's result).
 async fn generations() -> Vec<Generation> {
-    let dir = aiaas_tests::fixtures();
-    let spec = ModelSpec {
-        id: MODEL.into(),
-        source: dir
-            .join("tiny-llama-q4_1.gguf")
-            .to_string_lossy()
-            .into_owned(),
-        kind: None,
-        chat_template: None,
-        dtype: None,
-        max_seq_len: None,
-        isq: None,
-        device: Some("cpu".into()),
-    };
+    let spec = aiaas_tests::tiny_q4_1_gguf(MODEL);
     let engine = Engine::load(EngineConfig::default(), vec![spec])
         .await
         .expect("the quantized tiny GGUF loads");
