@@ -85,9 +85,12 @@ pub fn panel_q8_0_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
 /// Checks every output of Q4_1 and Q8_0 products of several shapes (one to nine rows, prompts
 /// of 6 to 33 rows; rows of 576 and 1536 values; 192 weight rows, and 67, whose last panel of
 /// eight is short) bit for bit against `panel_q4_1_reference` / `panel_q8_0_reference` and
-/// within tolerance of the dequantized weights; `label` names the setting in failures.
+/// within tolerance of the dequantized weights; `label` names the setting in failures. Q4_1
+/// weights whose rows are a multiple of eight are also interleaved (candle patch item 11,
+/// `interleave_q4_1`): their products must be the same bits, their dequantized weights the same.
 #[allow(dead_code)] // not every test binary uses it
 pub fn check_panel_arithmetic(label: &str) {
+    use candle_core::quantized::k_quants::{interleave_q4_1, interleaved_q4_1_count};
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
     type Reference = fn(&[u8], &[u8]) -> f32;
@@ -119,6 +122,27 @@ pub fn check_panel_arithmetic(label: &str) {
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
+        let before = interleaved_q4_1_count();
+        let interleaved = interleave_q4_1(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
+        let interleaves = dtype == GgmlDType::Q4_1 && n % 8 == 0;
+        assert_eq!(
+            interleaved_q4_1_count() - before,
+            usize::from(interleaves),
+            "{label}{dtype:?} {k} x {n}: interleaved or not"
+        );
+        if interleaves {
+            assert_ne!(interleaved.data().unwrap().to_vec(), weight_bytes);
+            let again = interleaved.dequantize(&device).unwrap();
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                again.flatten_all().unwrap().to_vec1().unwrap(),
+                dequantized.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(
+                same_bits(&a, &b),
+                "{label}{k} x {n}: interleaved weights dequantize differently"
+            );
+        }
+        let interleaved = QMatMul::from_qtensor(interleaved).unwrap();
         let shapes: Vec<Vec<usize>> = (1..=9)
             .map(|rows| vec![rows, k])
             .chain([vec![1, 6, k], vec![3, 7, k], vec![2, 33, k], vec![4, 2, k]])
@@ -130,6 +154,14 @@ pub fn check_panel_arithmetic(label: &str) {
             let flat = input.reshape((count / k, k)).unwrap();
             let out = matmul.forward(&input).unwrap();
             let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
+            let other = interleaved.forward(&input).unwrap();
+            let other: Vec<Vec<f32>> = other.reshape((count / k, n)).unwrap().to_vec2().unwrap();
+            for (r, (a, b)) in got.iter().zip(&other).enumerate() {
+                assert!(
+                    same_bits(a, b),
+                    "{label}{dtype:?} {k} x {n}, input {shape:?}: row {r} differs with interleaved weights"
+                );
+            }
             let input_bytes = QTensor::quantize(&flat, input_type)
                 .unwrap()
                 .data()

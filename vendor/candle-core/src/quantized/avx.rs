@@ -467,6 +467,119 @@ pub(crate) unsafe fn gemm_q4_1_q8_1_direct_vnni<const R: usize>(
     gemm_q4_1_q8_1_direct::<R, true>(blocks, xs, rows, ys, ys_d, ys_s, next)
 }
 
+// aiaas patch (item 11): the bytes of one block column of an interleaved Q4_1 panel
+// (`k_quants::InterleavedQ4_1`), the room of eight blocks: the eight rows' `d` as f16, their
+// `m`, then four words of 32 bytes, word `g` holding bytes `4g..4g + 4` of each row's values, row
+// after row: what `gemm_q4_1_q8_1_direct` builds in registers from eight rows read where they
+// lie.
+pub(crate) const INTERLEAVED_Q4_1_BYTES: usize = 8 * std::mem::size_of::<BlockQ4_1>();
+
+// aiaas patch (item 11): `gemm_q4_1_q8_1_direct` for an interleaved panel (`xs`: `blocks` block
+// columns of `INTERLEAVED_Q4_1_BYTES`, as `8 * blocks` blocks' room): the same operations on
+// the same vectors, without the transposition, so the same results to the bit. One 16-byte load
+// gives the eight rows' `d`, one their `m`, one 32-byte load a word. `next` as in
+// `gemm_q4_1_q8_1_direct`.
+#[inline(always)]
+pub(crate) fn gemm_q4_1x8_q8_1_direct<const R: usize, const VNNI: bool>(
+    blocks: usize,
+    xs: &[BlockQ4_1],
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+    next: &[BlockQ4_1],
+) -> [[f32; 8]; R] {
+    assert!(xs.len() >= 8 * blocks);
+    assert!(ys.len() >= R * blocks && ys_d.len() >= R * blocks && ys_s.len() >= R * blocks);
+    // SAFETY: AVX2, FMA and F16C are enabled (this module is only built with them); every
+    // weight read is within the `8 * blocks` blocks' room of `xs`, and every input read is
+    // within the slices checked above.
+    unsafe {
+        let base = xs.as_ptr() as *const u8;
+        let nibble = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let next_bytes = std::mem::size_of_val(next);
+        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        for b in 0..blocks {
+            for line in b * lines_per_block..(b + 1) * lines_per_block {
+                if line * 64 < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
+                }
+            }
+            let column = base.add(b * INTERLEAVED_Q4_1_BYTES);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(column as *const __m128i));
+            let wm = _mm256_cvtph_ps(_mm_loadu_si128(column.add(16) as *const __m128i));
+            let mut sums = [_mm256_setzero_si256(); R];
+            for g in 0..4 {
+                let word = _mm256_loadu_si256(column.add(32 + 32 * g) as *const __m256i);
+                let low = _mm256_and_si256(word, nibble);
+                let high = _mm256_and_si256(_mm256_srli_epi16(word, 4), nibble);
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let y = ys.get_unchecked(r * blocks + b).qs.as_ptr();
+                    let y_low = _mm256_set1_epi32((y.add(4 * g) as *const i32).read_unaligned());
+                    let y_high =
+                        _mm256_set1_epi32((y.add(16 + 4 * g) as *const i32).read_unaligned());
+                    *sum = dot_step::<VNNI>(*sum, low, y_low);
+                    *sum = dot_step::<VNNI>(*sum, high, y_high);
+                }
+            }
+            for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+                let q = _mm256_cvtepi32_ps(dot_sums::<VNNI>(sum));
+                let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
+                *acc = _mm256_fmadd_ps(q, d, *acc);
+                let s = _mm256_set1_ps(*ys_s.get_unchecked(r * blocks + b));
+                *acc = _mm256_fmadd_ps(wm, s, *acc);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+        out
+    }
+}
+
+// # Safety
+// The CPU supports `avx512vnni` and `avx512vl`.
+#[target_feature(enable = "avx512vnni,avx512vl")]
+pub(crate) unsafe fn gemm_q4_1x8_q8_1_direct_vnni<const R: usize>(
+    blocks: usize,
+    xs: &[BlockQ4_1],
+    ys: &[BlockQ8_1],
+    ys_d: &[f32],
+    ys_s: &[f32],
+    next: &[BlockQ4_1],
+) -> [[f32; 8]; R] {
+    gemm_q4_1x8_q8_1_direct::<R, true>(blocks, xs, ys, ys_d, ys_s, next)
+}
+
+// aiaas patch (item 11): `pack_q4_1_x8` for an interleaved panel (`xs`, `blocks` block columns):
+// the same `PACKED_Q4_1_WORDS` per block (word `g < 4` the low nibbles of the panel's word `g`,
+// word `4 + g` its high nibbles, then `d` and `m` as f32), so prompts run the same kernel.
+pub(crate) fn pack_q4_1x8_interleaved(xs: &[BlockQ4_1], blocks: usize, out: &mut [u32]) {
+    assert!(xs.len() >= 8 * blocks && out.len() >= blocks * PACKED_Q4_1_WORDS);
+    // SAFETY: AVX2 and F16C are enabled (this module is only built with them); every read is
+    // within the `8 * blocks` blocks' room of `xs`, every write within `out` (checked above).
+    unsafe {
+        let base = xs.as_ptr() as *const u8;
+        let nibble = _mm256_set1_epi8(0xF);
+        for b in 0..blocks {
+            let column = base.add(b * INTERLEAVED_Q4_1_BYTES);
+            let block = out.as_mut_ptr().add(b * PACKED_Q4_1_WORDS);
+            for g in 0..4 {
+                let word = _mm256_loadu_si256(column.add(32 + 32 * g) as *const __m256i);
+                let low = _mm256_and_si256(word, nibble);
+                let high = _mm256_and_si256(_mm256_srli_epi16(word, 4), nibble);
+                _mm256_storeu_si256(block.add(8 * g) as *mut __m256i, low);
+                _mm256_storeu_si256(block.add(8 * (4 + g)) as *mut __m256i, high);
+            }
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(column as *const __m128i));
+            let wm = _mm256_cvtph_ps(_mm_loadu_si128(column.add(16) as *const __m128i));
+            _mm256_storeu_ps(block.add(64) as *mut f32, wd);
+            _mm256_storeu_ps(block.add(72) as *mut f32, wm);
+        }
+    }
+}
+
 // aiaas patch: the panel kernel for Q8_0 weights: eight weight rows read where they lie (`xs`:
 // `rows` of them, `blocks` blocks each, one after another; rows `rows..8` repeat the last one
 // and their lanes are to be ignored) times `R` Q8_0 input rows (`ys`, `blocks` blocks each, one

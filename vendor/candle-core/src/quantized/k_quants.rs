@@ -421,7 +421,7 @@ impl GgmlType for BlockQ4_1 {
         ys: &[Self::VecDotType],
         dst: &mut [f32],
     ) -> bool {
-        matmul_panels_q4_1(mkn, xs, ys, dst);
+        matmul_panels_q4_1(mkn, xs, ys, dst, false);
         true
     }
 
@@ -2593,15 +2593,23 @@ pub fn matmul<T: GgmlType>(
 /// (`avx::gemm_q4_1_q8_1`). Both kernels take up to four input rows per pass, with AVX-512 VNNI
 /// where `vnni()` says so, and compute each output by the same operations, so which one runs
 /// (and which rows share a pass) changes no result. The input rows' block scales are converted
-/// to f32 once, before the parallel part.
+/// to f32 once, before the parallel part. With `interleaved`, `xs` holds the weight rows as
+/// `InterleavedQ4_1` lays them out (item 11; `n` a multiple of eight), which the direct kernel
+/// reads without transposing (`avx::gemm_q4_1x8_q8_1_direct`) and the repacked branch unpacks
+/// (`avx::pack_q4_1x8_interleaved`); the results are the same.
 #[cfg(target_feature = "avx2")]
 fn matmul_panels_q4_1(
     (m, k, n): (usize, usize, usize),
     xs: &[BlockQ4_1],
     ys: &[BlockQ8_1],
     dst: &mut [f32],
+    interleaved: bool,
 ) {
-    use super::avx::{gemm_q4_1_q8_1, gemm_q4_1_q8_1_vnni, pack_q4_1_x8, PACKED_Q4_1_WORDS};
+    use super::avx::{
+        gemm_q4_1_q8_1, gemm_q4_1_q8_1_vnni, pack_q4_1_x8, pack_q4_1x8_interleaved,
+        PACKED_Q4_1_WORDS,
+    };
+    assert!(!interleaved || n.is_multiple_of(8));
     let vnni = vnni();
     let blocks = k.div_ceil(QK4_1);
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
@@ -2614,6 +2622,7 @@ fn matmul_panels_q4_1(
             ys_d: &ys_d,
             ys_s: &ys_s,
             vnni,
+            interleaved,
         };
         direct_panels((m, n, blocks), xs, dst, &rows);
         return;
@@ -2632,7 +2641,12 @@ fn matmul_panels_q4_1(
         |packed, panel| {
             let first = panel * 8;
             let width = 8.min(n - first);
-            pack_q4_1_x8(&xs[first * blocks..(first + width) * blocks], blocks, width, packed);
+            let panel = &xs[first * blocks..(first + width) * blocks];
+            if interleaved {
+                pack_q4_1x8_interleaved(panel, blocks, packed);
+            } else {
+                pack_q4_1_x8(panel, blocks, width, packed);
+            }
             let mut row = 0;
             while row < m {
                 let range = row * blocks..;
@@ -2731,6 +2745,8 @@ struct Q4_1Rows<'a> {
     ys_d: &'a [f32],
     ys_s: &'a [f32],
     vnni: bool,
+    /// The weights are laid out as `InterleavedQ4_1` (item 11).
+    interleaved: bool,
 }
 
 #[cfg(target_feature = "avx2")]
@@ -2745,10 +2761,21 @@ impl DirectPanels for Q4_1Rows<'_> {
         width: usize,
         next: &[BlockQ4_1],
     ) -> [[f32; 8]; R] {
-        use super::avx::{gemm_q4_1_q8_1_direct, gemm_q4_1_q8_1_direct_vnni};
+        use super::avx::{
+            gemm_q4_1_q8_1_direct, gemm_q4_1_q8_1_direct_vnni, gemm_q4_1x8_q8_1_direct,
+            gemm_q4_1x8_q8_1_direct_vnni,
+        };
         let at = row * self.blocks..;
         let (ys, ys_d, ys_s) = (&self.ys[at.clone()], &self.ys_d[at.clone()], &self.ys_s[at]);
-        if self.vnni {
+        if self.interleaved {
+            debug_assert_eq!(width, 8);
+            if self.vnni {
+                // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+                unsafe { gemm_q4_1x8_q8_1_direct_vnni::<R>(self.blocks, xs, ys, ys_d, ys_s, next) }
+            } else {
+                gemm_q4_1x8_q8_1_direct::<R, false>(self.blocks, xs, ys, ys_d, ys_s, next)
+            }
+        } else if self.vnni {
             // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
             unsafe { gemm_q4_1_q8_1_direct_vnni::<R>(self.blocks, xs, width, ys, ys_d, ys_s, next) }
         } else {
@@ -2830,6 +2857,207 @@ fn matmul_panels_q8_0(
 /// 43-46, 32 rows 34-37 / 35-38, 64 rows 32-33 / 30-33).
 #[cfg(target_feature = "avx2")]
 const REPACK_MIN_ROWS: usize = 48;
+
+/// aiaas patch (item 11): Q4_1 weight rows (`rows`, a multiple of eight, of `blocks` blocks)
+/// stored interleaved by panels of eight, for the panel kernels: panel after panel, and within a
+/// panel block column after block column, each in the room of eight blocks
+/// (`avx::INTERLEAVED_Q4_1_BYTES`: the eight rows' `d`, their `m`, then four words of 32 bytes,
+/// word `g` holding bytes `4g..4g + 4` of each row's values). The direct kernel then loads what
+/// it used to assemble from eight rows with shuffles (most of its instructions at one input
+/// row), and the memory is the same. `dtype()` stays Q4_1; `as_ptr` / `QTensor::data` give the
+/// interleaved bytes, so such a tensor is for the CPU matmul (see `interleave_q4_1`);
+/// `dequantize` gives the weights.
+#[cfg(target_feature = "avx2")]
+pub(crate) struct InterleavedQ4_1 {
+    slots: Vec<BlockQ4_1>,
+    rows: usize,
+    blocks: usize,
+}
+
+#[cfg(target_feature = "avx2")]
+impl InterleavedQ4_1 {
+    pub(crate) fn new(plain: &[BlockQ4_1], rows: usize, blocks: usize) -> Self {
+        assert!(rows.is_multiple_of(8) && plain.len() == rows * blocks);
+        let mut slots = plain.to_vec();
+        let size = std::mem::size_of::<BlockQ4_1>();
+        // SAFETY: `BlockQ4_1` is `repr(C)` plain data (two f16 and 16 bytes, no padding), so its
+        // slots may be written as bytes; the slice covers exactly the vector's blocks.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(slots.as_mut_ptr() as *mut u8, slots.len() * size)
+        };
+        for (p, panel) in plain.chunks_exact(8 * blocks).enumerate() {
+            for b in 0..blocks {
+                let at = (p * blocks + b) * 8 * size;
+                let column = &mut bytes[at..at + 8 * size];
+                for j in 0..8 {
+                    let x = &panel[j * blocks + b];
+                    column[2 * j..2 * j + 2].copy_from_slice(&x.d.to_bits().to_le_bytes());
+                    column[16 + 2 * j..18 + 2 * j].copy_from_slice(&x.m.to_bits().to_le_bytes());
+                    for g in 0..4 {
+                        let at = 32 + 32 * g + 4 * j;
+                        column[at..at + 4].copy_from_slice(&x.qs[4 * g..4 * g + 4]);
+                    }
+                }
+            }
+        }
+        Self {
+            slots,
+            rows,
+            blocks,
+        }
+    }
+
+    /// The weight rows as plain Q4_1 blocks.
+    pub(crate) fn plain(&self) -> Vec<BlockQ4_1> {
+        let size = std::mem::size_of::<BlockQ4_1>();
+        // SAFETY: as in `new`, read only.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.slots.as_ptr() as *const u8, self.slots.len() * size)
+        };
+        let mut plain = self.slots.clone();
+        for (p, panel) in plain.chunks_exact_mut(8 * self.blocks).enumerate() {
+            for b in 0..self.blocks {
+                let at = (p * self.blocks + b) * 8 * size;
+                let column = &bytes[at..at + 8 * size];
+                for j in 0..8 {
+                    let x = &mut panel[j * self.blocks + b];
+                    x.d = f16::from_bits(u16::from_le_bytes([column[2 * j], column[2 * j + 1]]));
+                    x.m = f16::from_bits(u16::from_le_bytes([column[16 + 2 * j], column[17 + 2 * j]]));
+                    for g in 0..4 {
+                        let at = 32 + 32 * g + 4 * j;
+                        x.qs[4 * g..4 * g + 4].copy_from_slice(&column[at..at + 4]);
+                    }
+                }
+            }
+        }
+        plain
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl super::QuantizedType for InterleavedQ4_1 {
+    fn dtype(&self) -> GgmlDType {
+        GgmlDType::Q4_1
+    }
+
+    fn matmul_t(&self, (m, k, n): (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()> {
+        let blocks = k / QK4_1;
+        if k != blocks * QK4_1 || blocks != self.blocks || n != self.rows || lhs.len() != m * k {
+            crate::bail!(
+                "interleaved Q4_1 matmul: {m} x {k} times {} x {} weights",
+                self.rows,
+                self.blocks * QK4_1
+            );
+        }
+        if dst.len() < m * n {
+            crate::bail!("interleaved Q4_1 matmul: {} outputs for {m} x {n}", dst.len());
+        }
+        let mut lhs_b = vec![BlockQ8_1::zeros(); m * blocks];
+        for (row, out) in lhs.chunks_exact(k).zip(lhs_b.chunks_exact_mut(blocks)) {
+            BlockQ8_1::from_float(row, out);
+        }
+        matmul_panels_q4_1((m, k, n), &self.slots, &lhs_b, dst, true);
+        Ok(())
+    }
+
+    fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> Result<()> {
+        let lhs: Vec<f32> = lhs.iter().map(|x| x.to_f32()).collect();
+        let mut out = vec![0f32; mkn.0 * mkn.2];
+        self.matmul_t(mkn, &lhs, &mut out)?;
+        for (d, o) in dst.iter_mut().zip(out) {
+            *d = f16::from_f32(o);
+        }
+        Ok(())
+    }
+
+    fn dequantize(&self, elem_count: usize) -> Result<super::CpuStorage> {
+        let mut ys = vec![0f32; elem_count];
+        BlockQ4_1::to_float(&self.plain(), &mut ys);
+        Ok(super::CpuStorage::F32(ys))
+    }
+
+    fn storage_size_in_bytes(&self) -> usize {
+        std::mem::size_of_val(self.slots.as_slice())
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        self.slots.as_ptr() as *const u8
+    }
+
+    fn block_size(&self) -> usize {
+        QK4_1
+    }
+
+    fn from_float(&mut self, xs: &[f32]) {
+        let mut plain = self.plain();
+        BlockQ4_1::from_float(xs, &mut plain);
+        *self = Self::new(&plain, self.rows, self.blocks);
+    }
+
+    fn from_float_imatrix(&mut self, xs: &[f32], imatrix_weights: &[f32], n_per_row: usize) {
+        let mut plain = self.plain();
+        BlockQ4_1::from_float_imatrix(xs, &mut plain, imatrix_weights, n_per_row);
+        *self = Self::new(&plain, self.rows, self.blocks);
+    }
+
+    fn size(&self) -> usize {
+        self.storage_size_in_bytes()
+    }
+}
+
+/// aiaas patch (item 11): Q4_1 weights interleaved so far (`interleave_q4_1`), for tests.
+static INTERLEAVED_Q4_1: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// aiaas patch (item 11): how many Q4_1 weight matrices `interleave_q4_1` has interleaved in
+/// this process.
+pub fn interleaved_q4_1_count() -> usize {
+    INTERLEAVED_Q4_1.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// aiaas patch (item 11): `w` with its rows stored as `InterleavedQ4_1` where that applies (Q4_1
+/// on the CPU, built with AVX2, rows a multiple of eight, panel kernels on, and not
+/// `AIAAS_INTERLEAVED_Q4_1=off` in the environment); otherwise `w` as it is. For weights used
+/// only by the CPU matmul: the products are the same to the bit, but the tensor's raw bytes
+/// (`QTensor::data`) are the interleaved ones.
+pub fn interleave_q4_1(w: super::QTensor) -> Result<super::QTensor> {
+    #[cfg(target_feature = "avx2")]
+    {
+        let dims = w.shape().dims().to_vec();
+        let (Some(&k), true) = (dims.last(), dims.len() >= 2) else {
+            return Ok(w);
+        };
+        let rows = w.shape().elem_count() / k.max(1);
+        let applies = w.dtype() == GgmlDType::Q4_1
+            && w.device().is_cpu()
+            && k.is_multiple_of(QK4_1)
+            && rows.is_multiple_of(8)
+            && rows > 0
+            && panel_kernels()
+            && !matches!(std::env::var("AIAAS_INTERLEAVED_Q4_1").as_deref(), Ok("off"));
+        if !applies {
+            return Ok(w);
+        }
+        let blocks = k / QK4_1;
+        let bytes = w.data()?;
+        if bytes.len() != rows * blocks * std::mem::size_of::<BlockQ4_1>() {
+            return Ok(w);
+        }
+        let mut plain = vec![BlockQ4_1::zeros(); rows * blocks];
+        // SAFETY: `BlockQ4_1` is `repr(C)` plain data of 20 bytes and `plain` has room for
+        // exactly `bytes.len()` bytes (checked above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), plain.as_mut_ptr() as *mut u8, bytes.len())
+        };
+        drop(bytes);
+        let shape = w.shape().clone();
+        drop(w);
+        let storage = super::QStorage::Cpu(Box::new(InterleavedQ4_1::new(&plain, rows, blocks)));
+        INTERLEAVED_Q4_1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::QTensor::new(storage, shape)
+    }
+    #[cfg(not(target_feature = "avx2"))]
+    Ok(w)
+}
 
 /// aiaas patch: whether `matmul` runs through the panel kernels (`GgmlType::matmul_panels`):
 /// 0 not read yet, 1 on, 2 off. On unless `AIAAS_PANEL_KERNELS=off` is in the environment.
