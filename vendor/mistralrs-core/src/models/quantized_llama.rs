@@ -97,7 +97,11 @@ impl Projections {
     }
 }
 
+/// aiaas patch: a layer's quantized weight as a matmul. Q4_1 weights on the CPU are stored
+/// interleaved by eight rows for candle's panel kernels (`interleave_q4_1`, candle patch item
+/// 11; the same products to the bit, the same memory); other weights as they are.
 fn gguf_matmul(w: QTensor) -> Result<Arc<dyn QuantMethod>> {
+    let w = candle_core::quantized::k_quants::interleave_q4_1(w)?;
     Ok(Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
         q_weight: Arc::new(w),
         b: None,
@@ -415,10 +419,7 @@ impl ModelConfig::FromGGML for ModelWeights {
             let n_kv_head = ct.hparams.n_head as usize / gqa;
             layers.push(LayerWeights {
                 attention_wqkv: Projections::new(vec![attention_wq, attention_wk, attention_wv])?,
-                attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wo),
-                    b: None,
-                })?),
+                attention_wo: gguf_matmul(attention_wo)?,
                 attention_norm: QRmsNorm::new(attention_norm, 1e-5)?,
                 mlp_or_moe,
                 ffn_norm: QRmsNorm::new(ffn_norm, 1e-5)?,
@@ -695,10 +696,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             };
             layers.push(LayerWeights {
                 attention_wqkv: Projections::new(vec![attention_wq, attention_wk, attention_wv])?,
-                attention_wo: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                    q_weight: Arc::new(attention_wo),
-                    b: None,
-                })?),
+                attention_wo: gguf_matmul(attention_wo)?,
                 attention_norm: QRmsNorm::new(attention_norm, rms_norm_eps)?,
                 mlp_or_moe,
                 ffn_norm: QRmsNorm::new(ffn_norm, rms_norm_eps)?,
@@ -721,10 +719,7 @@ impl ModelConfig::FromGGUF for ModelWeights {
             tok_embeddings: Embedding::new(tok_embeddings, embedding_length),
             layers,
             norm,
-            output: Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
-                q_weight: Arc::new(output),
-                b: None,
-            })?),
+            output: gguf_matmul(output)?,
             device: device.clone(),
             cache: EitherCache::Normal(NormalCache::new(block_count, max_seq_len)),
             max_seq_len,
