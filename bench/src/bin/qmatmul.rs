@@ -52,7 +52,8 @@ struct Args {
     output: bool,
     /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 to 10, Q4_1
     /// and Q8_0) to time, one after the other for each row count (`on`; `off`: the row kernels, as
-    /// before item 8).
+    /// before item 8; `interleaved`: the panel kernels with Q4_1 weights stored interleaved by
+    /// eight rows, as the GGUF Llama model stores them since item 11).
     #[arg(long, default_value = "on", value_delimiter = ',')]
     panels: Vec<String>,
 }
@@ -113,41 +114,59 @@ fn run(args: &Args) -> Result<()> {
         &LAYER
     };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
-    let panels: Vec<bool> = args
+    // (panel kernels, interleaved weights)
+    let panels: Vec<(bool, bool)> = args
         .panels
         .iter()
         .map(|p| match p.as_str() {
-            "on" => Ok(true),
-            "off" => Ok(false),
-            other => anyhow::bail!("--panels takes on or off, not {other}"),
+            "on" => Ok((true, false)),
+            "off" => Ok((false, false)),
+            "interleaved" => Ok((true, true)),
+            other => anyhow::bail!("--panels takes on, off or interleaved, not {other}"),
         })
         .collect::<Result<_>>()?;
+    let interleave = panels.iter().any(|&(_, interleaved)| interleaved);
     println!("| type | rows | input | layer ms (median) | per row µs | GMAC/s |");
     println!("|---|---|---|---|---|---|");
     for name in &args.dtypes {
         let dtype = dtype(name)?;
-        let mats = (0..args.layers.max(1))
-            .map(|_| {
-                layer_shapes
-                    .iter()
-                    .map(|&(k, n)| {
-                        let w = Tensor::rand(-1f32, 1f32, (n, k), &device)?;
-                        QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Each layer's matrices as stored, and (with `--panels interleaved`) interleaved.
+        let mut mats = Vec::new();
+        let mut interleaved_mats = Vec::new();
+        for _ in 0..args.layers.max(1) {
+            let (mut plain, mut interleaved) = (Vec::new(), Vec::new());
+            for &(k, n) in layer_shapes {
+                let w = Tensor::rand(-1f32, 1f32, (n, k), &device)?;
+                plain.push(QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?);
+                if interleave {
+                    let q = candle_core::quantized::k_quants::interleave_q4_1(QTensor::quantize(
+                        &w, dtype,
+                    )?)?;
+                    interleaved.push(QMatMul::from_qtensor(q)?);
+                }
+            }
+            mats.push(plain);
+            interleaved_mats.push(interleaved);
+        }
         for (&rows, &panels) in args
             .rows
             .iter()
             .flat_map(|rows| panels.iter().map(move |panels| (rows, panels)))
         {
+            let (panels, interleaved) = panels;
             candle_core::quantized::k_quants::set_panel_kernels(panels);
-            let input = match (args.prompt, panels) {
-                (false, true) => "rows, panels",
-                (false, false) => "rows, row kernels",
-                (true, true) => "prompt, panels",
-                (true, false) => "prompt, row kernels",
+            let input = match (args.prompt, panels, interleaved) {
+                (false, true, false) => "rows, panels",
+                (false, true, true) => "rows, panels, interleaved",
+                (false, false, _) => "rows, row kernels",
+                (true, true, false) => "prompt, panels",
+                (true, true, true) => "prompt, panels, interleaved",
+                (true, false, _) => "prompt, row kernels",
+            };
+            let mats = if interleaved {
+                &interleaved_mats
+            } else {
+                &mats
             };
             let inputs = layer_shapes
                 .iter()
@@ -161,7 +180,7 @@ fn run(args: &Args) -> Result<()> {
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let layer = || -> candle_core::Result<()> {
-                for mats in &mats {
+                for mats in mats {
                     for (m, x) in mats.iter().zip(&inputs) {
                         std::hint::black_box(m.forward(x)?);
                     }
