@@ -75,9 +75,9 @@ async fn stacked_projections_give_the_logprobs_of_separate_ones() {
     // Two layers, each with query|key|value and gate|up stacked.
     assert_eq!(mistralrs_core::stacked_projection_count() - before, 4);
     // Per layer the two stacked matrices, the attention's output and the MLP's down projection
-    // (the output layer is Q8_0), where the CPU has AVX2 (which the panel kernels need).
+    // (the output layer is Q8_0), in a build with AVX2 (which the panel kernels need).
     let interleaved = interleaved_q4_1_count() - interleaved_before;
-    if std::is_x86_feature_detected!("avx2") {
+    if cfg!(target_feature = "avx2") {
         assert_eq!(interleaved, 8, "Q4_1 weights interleaved at load");
     }
 
