@@ -1,6 +1,8 @@
 //! The switches of candle patch items 8 to 10, kept for side-by-side measurements:
 //! - `AIAAS_VNNI=off` (`k_quants::set_vnni(false)`): the panel kernels without AVX-512 VNNI
 //!   compute the same bits as with it (and as `panel_q4_1_reference` / `panel_q8_0_reference`);
+//! - `AIAAS_AMX=off` (`k_quants::set_amx(false)`, item 12): interleaved Q4_1 products of several
+//!   rows without AMX, on the panel kernels: the same bits again;
 //! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 and Q8_0 products
 //!   take the row kernels again (`vec_dot`, and the four-row kernels of a batch), which still
 //!   match the dequantized weights and give each row of a batch exactly what it gets alone.
@@ -9,7 +11,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use candle_core::quantized::k_quants::{set_panel_kernels, set_vnni, vnni};
+use candle_core::quantized::k_quants::{
+    amx, amx_supported, set_amx, set_panel_kernels, set_vnni, vnni,
+};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
@@ -27,6 +31,16 @@ fn the_panel_kernel_switches() {
     assert!(!vnni());
     check_panel_arithmetic("without VNNI: ");
     set_vnni(true);
+
+    // Without AMX (on a CPU without it, this repeats the other test binary's check too).
+    if !amx_supported() {
+        eprintln!("this CPU or OS offers no AMX: both settings run the same kernels");
+    }
+    set_amx(false);
+    assert!(!amx());
+    check_panel_arithmetic("without AMX: ");
+    set_amx(true);
+    assert_eq!(amx(), amx_supported());
 
     let device = Device::Cpu;
     for (dtype, k, n, rows) in [GgmlDType::Q4_1, GgmlDType::Q8_0]

@@ -198,3 +198,25 @@ fn input_blocks_are_quantized_as_upstream_does() {
 fn every_q4_1_and_q8_0_product_is_the_panel_arithmetic() {
     check_panel_arithmetic("");
 }
+
+/// AMX (candle patch item 12) is used exactly where Linux says the CPU has it: the CPU flags
+/// `amx_tile`, `amx_int8` and AVX-512 F, BW and VL in `/proc/cpuinfo` (which lists AMX only
+/// when the kernel supports its state). So a host with AMX cannot quietly run (and test) only
+/// the panel kernels.
+#[test]
+fn amx_is_used_where_the_cpu_has_it() {
+    use candle_core::quantized::k_quants::amx_supported;
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        eprintln!("no /proc/cpuinfo: nothing to compare with");
+        return;
+    };
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = ["amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512vl"]
+        .iter()
+        .all(|flag| flags.contains(flag));
+    assert_eq!(amx_supported(), has, "AMX in /proc/cpuinfo: {has}");
+}

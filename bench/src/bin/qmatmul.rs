@@ -53,7 +53,8 @@ struct Args {
     /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 to 10, Q4_1
     /// and Q8_0) to time, one after the other for each row count (`on`; `off`: the row kernels, as
     /// before item 8; `interleaved`: the panel kernels with Q4_1 weights stored interleaved by
-    /// eight rows, as the GGUF Llama model stores them since item 11).
+    /// eight rows, as the GGUF Llama model stores them since item 11, without AMX; `amx`: the
+    /// same with AMX where the CPU has it, item 12).
     #[arg(long, default_value = "on", value_delimiter = ',')]
     panels: Vec<String>,
 }
@@ -114,18 +115,22 @@ fn run(args: &Args) -> Result<()> {
         &LAYER
     };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
-    // (panel kernels, interleaved weights)
-    let panels: Vec<(bool, bool)> = args
+    // (panel kernels, interleaved weights, AMX)
+    let panels: Vec<(bool, bool, bool)> = args
         .panels
         .iter()
         .map(|p| match p.as_str() {
-            "on" => Ok((true, false)),
-            "off" => Ok((false, false)),
-            "interleaved" => Ok((true, true)),
-            other => anyhow::bail!("--panels takes on, off or interleaved, not {other}"),
+            "on" => Ok((true, false, false)),
+            "off" => Ok((false, false, false)),
+            "interleaved" => Ok((true, true, false)),
+            "amx" => Ok((true, true, true)),
+            other => anyhow::bail!("--panels takes on, off, interleaved or amx, not {other}"),
         })
         .collect::<Result<_>>()?;
-    let interleave = panels.iter().any(|&(_, interleaved)| interleaved);
+    let interleave = panels.iter().any(|&(_, interleaved, _)| interleaved);
+    if panels.iter().any(|&(_, _, amx)| amx) && !candle_core::quantized::k_quants::amx_supported() {
+        eprintln!("note: this CPU or OS offers no AMX: `amx` runs the panel kernels");
+    }
     println!("| type | rows | input | layer ms (median) | per row µs | GMAC/s |");
     println!("|---|---|---|---|---|---|");
     for name in &args.dtypes {
@@ -153,15 +158,18 @@ fn run(args: &Args) -> Result<()> {
             .iter()
             .flat_map(|rows| panels.iter().map(move |panels| (rows, panels)))
         {
-            let (panels, interleaved) = panels;
+            let (panels, interleaved, amx) = panels;
             candle_core::quantized::k_quants::set_panel_kernels(panels);
-            let input = match (args.prompt, panels, interleaved) {
-                (false, true, false) => "rows, panels",
-                (false, true, true) => "rows, panels, interleaved",
-                (false, false, _) => "rows, row kernels",
-                (true, true, false) => "prompt, panels",
-                (true, true, true) => "prompt, panels, interleaved",
-                (true, false, _) => "prompt, row kernels",
+            candle_core::quantized::k_quants::set_amx(amx);
+            let input = match (args.prompt, panels, interleaved, amx) {
+                (false, true, false, _) => "rows, panels",
+                (false, true, true, false) => "rows, panels, interleaved",
+                (false, true, true, true) => "rows, interleaved, AMX",
+                (false, false, _, _) => "rows, row kernels",
+                (true, true, false, _) => "prompt, panels",
+                (true, true, true, false) => "prompt, panels, interleaved",
+                (true, true, true, true) => "prompt, interleaved, AMX",
+                (true, false, _, _) => "prompt, row kernels",
             };
             let mats = if interleaved {
                 &interleaved_mats

@@ -83,14 +83,19 @@ pub fn panel_q8_0_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
 }
 
 /// Checks every output of Q4_1 and Q8_0 products of several shapes (one to nine rows, prompts
-/// of 6 to 33 rows; rows of 576 and 1536 values; 192 weight rows, and 67, whose last panel of
+/// of 6 to 33 rows; rows of 576 and 1536 values; 200 weight rows, and 67, whose last panel of
 /// eight is short) bit for bit against `panel_q4_1_reference` / `panel_q8_0_reference` and
 /// within tolerance of the dequantized weights; `label` names the setting in failures. Q4_1
 /// weights whose rows are a multiple of eight are also interleaved (candle patch item 11,
 /// `interleave_q4_1`): their products must be the same bits, their dequantized weights the same.
+/// Those of `AMX_MIN_ROWS` rows or more (21 and 66 here: tiles of 16 rows, then a short one) run
+/// on AMX where `amx()` says so (item 12; 200 weight rows end with a tile of eight, not
+/// sixteen), and only then: counted by `amx_products`.
 #[allow(dead_code)] // not every test binary uses it
 pub fn check_panel_arithmetic(label: &str) {
-    use candle_core::quantized::k_quants::{interleave_q4_1, interleaved_q4_1_count};
+    use candle_core::quantized::k_quants::{
+        amx, amx_products, interleave_q4_1, interleaved_q4_1_count, AMX_MIN_ROWS,
+    };
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
     type Reference = fn(&[u8], &[u8]) -> f32;
@@ -115,7 +120,7 @@ pub fn check_panel_arithmetic(label: &str) {
     // 67 weight rows: the last panel of eight is short (three rows).
     for ((dtype, input_type, weight_block, input_block, reference), (k, n)) in types
         .into_iter()
-        .flat_map(|t| [(t, (576, 192)), (t, (1536, 67))])
+        .flat_map(|t| [(t, (576, 200)), (t, (1536, 67))])
     {
         let weights = Tensor::from_vec(values(n * k, 5), (n, k), &device).unwrap();
         let quantized = QTensor::quantize(&weights, dtype).unwrap();
@@ -154,7 +159,14 @@ pub fn check_panel_arithmetic(label: &str) {
             let flat = input.reshape((count / k, k)).unwrap();
             let out = matmul.forward(&input).unwrap();
             let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
+            let amx_before = amx_products();
             let other = interleaved.forward(&input).unwrap();
+            let on_amx = interleaves && amx() && count / k >= AMX_MIN_ROWS;
+            assert_eq!(
+                amx_products() - amx_before,
+                usize::from(on_amx),
+                "{label}{dtype:?} {k} x {n}, input {shape:?}: on AMX or not"
+            );
             let other: Vec<Vec<f32>> = other.reshape((count / k, n)).unwrap().to_vec2().unwrap();
             for (r, (a, b)) in got.iter().zip(&other).enumerate() {
                 assert!(

@@ -2610,6 +2610,13 @@ fn matmul_panels_q4_1(
         PACKED_Q4_1_WORDS,
     };
     assert!(!interleaved || n.is_multiple_of(8));
+    // aiaas patch (item 12): several input rows times interleaved weights on AMX where the CPU
+    // has it: the same bits.
+    #[cfg(target_arch = "x86_64")]
+    if interleaved && m >= AMX_MIN_ROWS && super::amx::amx() {
+        super::amx::matmul_q4_1x8((m, k, n), xs, ys, dst);
+        return;
+    }
     let vnni = vnni();
     let blocks = k.div_ceil(QK4_1);
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
@@ -2858,6 +2865,11 @@ fn matmul_panels_q8_0(
 #[cfg(target_feature = "avx2")]
 const REPACK_MIN_ROWS: usize = 48;
 
+/// aiaas patch (item 12): the fewest input rows that `InterleavedQ4_1::matmul_t` quantizes in
+/// parallel.
+#[cfg(target_feature = "avx2")]
+const PARALLEL_QUANTIZE_MIN_ROWS: usize = 16;
+
 /// aiaas patch (item 11): Q4_1 weight rows (`rows`, a multiple of eight, of `blocks` blocks)
 /// stored interleaved by panels of eight, for the panel kernels: panel after panel, and within a
 /// panel block column after block column, each in the room of eight blocks
@@ -2953,8 +2965,16 @@ impl super::QuantizedType for InterleavedQ4_1 {
             crate::bail!("interleaved Q4_1 matmul: {} outputs for {m} x {n}", dst.len());
         }
         let mut lhs_b = vec![BlockQ8_1::zeros(); m * blocks];
-        for (row, out) in lhs.chunks_exact(k).zip(lhs_b.chunks_exact_mut(blocks)) {
-            BlockQ8_1::from_float(row, out);
+        // aiaas patch (item 12): a prompt's rows are quantized in parallel (serially, they were
+        // a tenth of a 150-row product on AMX); each row's blocks are the same either way.
+        if m >= PARALLEL_QUANTIZE_MIN_ROWS {
+            lhs.par_chunks_exact(k)
+                .zip(lhs_b.par_chunks_exact_mut(blocks))
+                .for_each(|(row, out)| BlockQ8_1::from_float(row, out));
+        } else {
+            for (row, out) in lhs.chunks_exact(k).zip(lhs_b.chunks_exact_mut(blocks)) {
+                BlockQ8_1::from_float(row, out);
+            }
         }
         matmul_panels_q4_1((m, k, n), &self.slots, &lhs_b, dst, true);
         Ok(())
@@ -3081,6 +3101,51 @@ fn panel_kernels() -> bool {
         }
         state => state == 1,
     }
+}
+
+/// aiaas patch (item 12): the fewest input rows for which a product with interleaved Q4_1
+/// weights runs on AMX (where `amx()`) rather than on the panel kernels. `aiaas-qmatmul --fused
+/// --layers 30 --panels interleaved,amx` (Intel Xeon, AMX and AVX-512, 2026-11-30), ms per
+/// layer: 8 rows 0.44 / 0.49, 16 rows 0.89 / 0.63, 32 rows 1.82 / 0.90, 48 rows 2.30 / 1.31.
+/// Below 16 rows a tile carries padding and the tile unit's fixed cost per block (loads, product
+/// and store, one after another) outweighs the vector kernels' work.
+pub const AMX_MIN_ROWS: usize = 16;
+
+/// aiaas patch (item 12): lets products of several input rows with interleaved Q4_1 weights
+/// run on Intel AMX where the CPU and OS offer it (`true`, the default) or not (for side-by-side
+/// measurements and tests), whatever `AIAAS_AMX` says. Either way each output is the same to
+/// the bit.
+pub fn set_amx(on: bool) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    super::amx::set_amx(on);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    let _ = on;
+}
+
+/// aiaas patch (item 12): whether such products run on AMX: `amx_supported()`, and `set_amx` /
+/// `AIAAS_AMX` (not `off`) allow it.
+pub fn amx() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::amx::amx();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    false
+}
+
+/// aiaas patch (item 12): whether this process can use AMX: the CPU has AMX-TILE, AMX-INT8 and
+/// AVX-512 (F, BW, VL), Linux granted the tile state, and a first tile product came out right.
+pub fn amx_supported() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::amx::supported();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    false
+}
+
+/// aiaas patch (item 12): how many products have run on AMX in this process (for tests).
+pub fn amx_products() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::amx::products();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    0
 }
 
 /// aiaas patch: whether the panel kernels use AVX-512 VNNI where the CPU has it: 0 not read

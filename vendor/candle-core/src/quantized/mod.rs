@@ -6,6 +6,9 @@ use std::borrow::Cow;
 
 #[cfg(target_feature = "avx2")]
 pub mod avx;
+// aiaas patch (item 12): Q4_1 products through Intel AMX.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod amx;
 mod dummy_cuda;
 mod dummy_metal;
 pub mod ggml_file;
