@@ -426,6 +426,20 @@ struct MaskInfo<'a> {
 }
 
 impl<'a> MaskInfo<'a> {
+    /// aiaas patch: the mask values of one query row for key positions `0..kv_len`, where they
+    /// lie one after another (mask of one to four dimensions whose last one, the key positions',
+    /// has at least `kv_len` entries: `mask_offset` then adds `kv_pos` last, with stride one), so
+    /// the prompt kernel reads `row[kv_pos]` instead of calling `value` per key position. The
+    /// same values as `value`.
+    #[inline]
+    fn row(&self, b_i: usize, h_i: usize, q_pos: usize, kv_len: usize) -> Option<&'a [f32]> {
+        if !(1..=4).contains(&self.dims.len()) || *self.dims.last()? < kv_len {
+            return None;
+        }
+        let base = mask_offset(self.dims, self.b, self.h, b_i, h_i, q_pos, 0)?;
+        self.data.get(base..base + kv_len)
+    }
+
     #[inline]
     fn value(&self, b_i: usize, h_i: usize, q_pos: usize, kv_pos: usize) -> f32 {
         if let Some(idx) = mask_offset(self.dims, self.b, self.h, b_i, h_i, q_pos, kv_pos) {
@@ -987,14 +1001,19 @@ where
                     let mut s = 0.0f32;
                     let mut m = f32::NEG_INFINITY;
 
+                    // aiaas patch: the row's mask values read in place where they lie in a row.
+                    let mask_row = mask_info
+                        .as_ref()
+                        .and_then(|mask| mask.row(b_i, h_i, q_pos, kv_len));
                     for start in (0..kv_len).step_by(CHUNK_KV) {
                         let n = CHUNK_KV.min(kv_len - start);
                         for (j, score) in scores[..n].iter_mut().enumerate() {
                             let kv_pos = start + j;
-                            let mv = mask_info
-                                .as_ref()
-                                .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                                .unwrap_or(0.0);
+                            let mv = match (mask_row, mask_info.as_ref()) {
+                                (Some(row), _) => slope * row[kv_pos],
+                                (None, Some(mask)) => slope * mask.value(b_i, h_i, q_pos, kv_pos),
+                                (None, None) => 0.0,
+                            };
                             *score = if mv == f32::NEG_INFINITY {
                                 f32::NEG_INFINITY
                             } else {
