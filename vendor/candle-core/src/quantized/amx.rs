@@ -15,7 +15,7 @@
 //! which `supported()` makes once per process, before a one-tile self-check.
 
 use super::avx::INTERLEAVED_Q4_1_BYTES;
-use super::k_quants::{BlockQ4_1, BlockQ8_1, GgmlType, QK4_1};
+use super::k_quants::{switch_on, BlockQ4_1, BlockQ8_1, GgmlType, QK4_1};
 use core::arch::x86_64::*;
 use rayon::prelude::*;
 use std::arch::asm;
@@ -53,13 +53,6 @@ static CONFIG: TileConfig = {
     rows[1] = TILE_ROWS as u8;
     colsb[2] = 64;
     rows[2] = (QK4_1 / 4) as u8;
-    // Tiles 3 to 5: the same again, for a second block in flight.
-    colsb[3] = 64;
-    rows[3] = TILE_ROWS as u8;
-    colsb[4] = QK4_1 as u16;
-    rows[4] = TILE_ROWS as u8;
-    colsb[5] = 64;
-    rows[5] = (QK4_1 / 4) as u8;
     TileConfig {
         palette: 1,
         start_row: 0,
@@ -192,18 +185,8 @@ pub(crate) fn set_amx(on: bool) {
 /// Whether Q4_1 products with enough input rows run on AMX: `supported()` and `set_amx` /
 /// `AIAAS_AMX` allow it.
 pub(crate) fn amx() -> bool {
-    let allowed = match AMX.load(Relaxed) {
-        0 => {
-            let on = !matches!(std::env::var("AIAAS_AMX").as_deref(), Ok("off"));
-            // A concurrent `set_amx` wins over the environment.
-            let _ = AMX.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
-            AMX.load(Relaxed) == 1
-        }
-        state => state == 1,
-    };
-    allowed && supported()
+    switch_on(&AMX, "AIAAS_AMX") && supported()
 }
-
 
 /// Products run on AMX so far (`products`).
 static PRODUCTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -255,7 +238,7 @@ pub(crate) fn matmul_q4_1x8(
         || {
             (
                 vec![Line([0; 64]); blocks * PREPARED_BYTES / 64],
-                [Line([0; 64]); 2 * TILE_ROWS],
+                [Line([0; 64]); TILE_ROWS],
             )
         },
         |(prepared, sums), panel| {
@@ -334,7 +317,7 @@ unsafe fn prepare(blocks: usize, low: *const u8, high: Option<*const u8>, out: *
 
 /// 16 input rows (`ys`, their scales `ys_d` and sums `ys_s`, `blocks` blocks per row) times a
 /// prepared panel of 16 weight rows: writes the first `R` rows' outputs, the lanes of `columns`,
-/// to `dst` (row stride `stride`). `sums` is room for two tiles (2 KB). The tile takes all 16
+/// to `dst` (row stride `stride`). `sums` is room for one tile (1 KB). The tile takes all 16
 /// rows (beyond `R`, padding); only the first `R` are scaled and summed.
 ///
 /// # Safety
@@ -356,53 +339,8 @@ unsafe fn tile_rows<const R: usize>(
 ) {
     let row_bytes = blocks * std::mem::size_of::<BlockQ8_1>();
     let mut acc = [_mm512_setzero_ps(); R];
-    // Scales and sums one block's tile into the accumulators.
-    macro_rules! accumulate {
-        ($b:expr, $sums:expr) => {{
-            let b = $b;
-            let w = prepared.add(b * PREPARED_BYTES);
-            let wd = _mm512_loadu_ps(w.add(512) as *const f32);
-            let wm = _mm512_loadu_ps(w.add(576) as *const f32);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let q = _mm512_cvtepi32_ps(_mm512_load_si512($sums.add(64 * i) as *const _));
-                let d = _mm512_mul_ps(wd, _mm512_set1_ps(*ys_d.add(i * blocks + b)));
-                *acc = _mm512_fmadd_ps(q, d, *acc);
-                *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*ys_s.add(i * blocks + b)), *acc);
-            }
-        }};
-    }
-    // Two blocks at a time, on two sets of tiles: the tile registers are not renamed, so one
-    // set's loads wait for its previous product; two sets keep two products in flight.
-    let (first, second) = (sums, sums.add(TILE_ROWS * 64));
-    let mut b = 0;
-    while b + 2 <= blocks {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm3",
-            "tileloadd tmm1, [{y0} + {ys}*1]",
-            "tileloadd tmm2, [{w0} + {ws}*1]",
-            "tileloadd tmm4, [{y1} + {ys}*1]",
-            "tileloadd tmm5, [{w1} + {ws}*1]",
-            "tdpbsud tmm0, tmm1, tmm2",
-            "tdpbsud tmm3, tmm4, tmm5",
-            "tilestored [{c0} + {cs}*1], tmm0",
-            "tilestored [{c1} + {cs}*1], tmm3",
-            y0 = in(reg) (*ys.add(b)).qs.as_ptr(),
-            y1 = in(reg) (*ys.add(b + 1)).qs.as_ptr(),
-            ys = in(reg) row_bytes,
-            w0 = in(reg) prepared.add(b * PREPARED_BYTES),
-            w1 = in(reg) prepared.add((b + 1) * PREPARED_BYTES),
-            ws = in(reg) 64usize,
-            c0 = in(reg) first,
-            c1 = in(reg) second,
-            cs = in(reg) 64usize,
-            options(nostack),
-        );
-        accumulate!(b, first);
-        accumulate!(b + 1, second);
-        b += 2;
-    }
-    if b < blocks {
+    for b in 0..blocks {
+        let w = prepared.add(b * PREPARED_BYTES);
         asm!(
             "tilezero tmm0",
             "tileloadd tmm1, [{y} + {ys}*1]",
@@ -411,13 +349,20 @@ unsafe fn tile_rows<const R: usize>(
             "tilestored [{c} + {cs}*1], tmm0",
             y = in(reg) (*ys.add(b)).qs.as_ptr(),
             ys = in(reg) row_bytes,
-            w = in(reg) prepared.add(b * PREPARED_BYTES),
+            w = in(reg) w,
             ws = in(reg) 64usize,
-            c = in(reg) first,
+            c = in(reg) sums,
             cs = in(reg) 64usize,
             options(nostack),
         );
-        accumulate!(b, first);
+        let wd = _mm512_loadu_ps(w.add(512) as *const f32);
+        let wm = _mm512_loadu_ps(w.add(576) as *const f32);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let q = _mm512_cvtepi32_ps(_mm512_load_si512(sums.add(64 * i) as *const _));
+            let d = _mm512_mul_ps(wd, _mm512_set1_ps(*ys_d.add(i * blocks + b)));
+            *acc = _mm512_fmadd_ps(q, d, *acc);
+            *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*ys_s.add(i * blocks + b)), *acc);
+        }
     }
     for (i, acc) in acc.iter().enumerate() {
         _mm512_mask_storeu_ps(dst.add(i * stride), columns, *acc);

@@ -3091,15 +3091,21 @@ pub fn set_panel_kernels(on: bool) {
 }
 
 fn panel_kernels() -> bool {
+    switch_on(&PANEL_KERNELS, "AIAAS_PANEL_KERNELS")
+}
+
+/// aiaas patch: reads a process-wide switch (`state`: 0 not read yet, 1 on, 2 off): on unless
+/// the environment variable `var` is `off`, read the first time; a concurrent setter (which
+/// stores 1 or 2) wins over the environment.
+pub(crate) fn switch_on(state: &std::sync::atomic::AtomicU8, var: &str) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
-    match PANEL_KERNELS.load(Relaxed) {
+    match state.load(Relaxed) {
         0 => {
-            let on = !matches!(std::env::var("AIAAS_PANEL_KERNELS").as_deref(), Ok("off"));
-            // A concurrent `set_panel_kernels` wins over the environment.
-            let _ = PANEL_KERNELS.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
-            PANEL_KERNELS.load(Relaxed) == 1
+            let on = !matches!(std::env::var(var).as_deref(), Ok("off"));
+            let _ = state.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
+            state.load(Relaxed) == 1
         }
-        state => state == 1,
+        on => on == 1,
     }
 }
 
@@ -3162,21 +3168,11 @@ pub fn set_vnni(on: bool) {
 /// aiaas patch: whether the panel kernels run with AVX-512 VNNI: the CPU has it (`avx512vnni`
 /// and `avx512vl`) and `set_vnni` / `AIAAS_VNNI` allow it.
 pub fn vnni() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
     #[cfg(target_arch = "x86_64")]
     let has = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
     #[cfg(not(target_arch = "x86_64"))]
     let has = false;
-    let allowed = match VNNI.load(Relaxed) {
-        0 => {
-            let on = !matches!(std::env::var("AIAAS_VNNI").as_deref(), Ok("off"));
-            // A concurrent `set_vnni` wins over the environment.
-            let _ = VNNI.compare_exchange(0, if on { 1 } else { 2 }, Relaxed, Relaxed);
-            VNNI.load(Relaxed) == 1
-        }
-        state => state == 1,
-    };
-    has && allowed
+    has && switch_on(&VNNI, "AIAAS_VNNI")
 }
 
 /// aiaas patch: how far ahead of its use `matmul` prefetches weight rows (one input row, or one
