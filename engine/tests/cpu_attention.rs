@@ -4,12 +4,16 @@
 //! sequence, several sequences in a batch, as continuous batching runs them) and prompts (many
 //! query rows, a causal mask, a prompt continuing a cached prefix), with grouped-query heads,
 //! K/V read through a strided view of a larger cache, padding masks, logit soft-capping, and
-//! every activation dtype the engine uses on CPU (f32, f16, bf16).
+//! every activation dtype the engine uses on CPU (f32, f16, bf16). Prompts are checked on both
+//! prompt kernels: the tiled one (the default) and the one of one query row at a time. The
+//! MLP's activation (`mul_and_act`, SiLU of the gate times the up projection), which shares the
+//! attention's eight-lane `exp`, is checked here too.
 
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{DType, Device, Tensor, D};
-use mistralrs_core::layers::{Sdpa, SdpaParams};
+use mistralrs_core::layers::{mul_and_act, set_prompt_tiles, Activation, Sdpa, SdpaParams};
+use std::sync::Mutex;
 
 mod common;
 
@@ -134,20 +138,35 @@ fn flat_f32(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// Held while a test runs the attention: `set_prompt_tiles` switches the prompt kernel for the
+/// whole process, and each prompt case is checked on both kernels.
+static PROMPT_KERNEL: Mutex<()> = Mutex::new(());
+
 fn check(case: &Case) {
-    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
-        let diff = max_difference(case, dtype);
-        assert!(
-            diff <= tolerance,
-            "{dtype:?}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
-            case.batch,
-            case.heads,
-            case.kv_heads,
-            case.q_len,
-            case.kv_len,
-            case.head_dim
-        );
+    let _kernel = PROMPT_KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    // A prompt (several query rows) runs on the tiled kernel, and on the one-row kernel too.
+    let kernels: &[bool] = if case.q_len > 1 {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    for &tiles in kernels {
+        set_prompt_tiles(tiles);
+        for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
+            let diff = max_difference(case, dtype);
+            assert!(
+                diff <= tolerance,
+                "{dtype:?}, prompt tiles {tiles}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
+                case.batch,
+                case.heads,
+                case.kv_heads,
+                case.q_len,
+                case.kv_len,
+                case.head_dim
+            );
+        }
     }
+    set_prompt_tiles(true);
 }
 
 fn causal_mask(q_len: usize, kv_len: usize) -> Tensor {
@@ -255,6 +274,54 @@ fn a_prompt_continuing_a_cached_prefix() {
     });
 }
 
+#[test]
+fn a_batch_of_prompts_with_padding_masks_softcap_and_odd_head_sizes() {
+    // Two prompts of 23 rows over 83 positions (60 cached): the second is left-padded by 30
+    // positions, and the causal part hides each row's later positions. A head of 36 values
+    // takes the tiled kernel's remainder columns; 23 rows end in a partial tile.
+    let (batch, q_len, kv_len, pad) = (2, 23, 83, 30);
+    let offset = kv_len - q_len;
+    let data: Vec<f32> = (0..batch)
+        .flat_map(|b| {
+            (0..q_len).flat_map(move |i| {
+                (0..kv_len).map(move |j| {
+                    if j > offset + i || (b == 1 && j < pad) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(data, (batch, 1, q_len, kv_len), &Device::Cpu).unwrap();
+    check(&Case {
+        batch,
+        heads: 4,
+        kv_heads: 2,
+        q_len,
+        kv_len,
+        head_dim: 36,
+        softcap: Some(5.0),
+        mask: Some(mask),
+    });
+}
+
+#[test]
+fn a_long_prompt_without_a_mask() {
+    // Every row sees all 150 positions: no block is skipped.
+    check(&Case {
+        batch: 1,
+        heads: 3,
+        kv_heads: 1,
+        q_len: 150,
+        kv_len: 150,
+        head_dim: 64,
+        softcap: None,
+        mask: None,
+    });
+}
+
 /// A decoding step of a ragged batch (sequences of different lengths, each with its own K and
 /// V, as continuous batching runs them): `Sdpa::run_ragged_decode` attends them all in one
 /// parallel loop, and each sequence gets exactly (bit for bit) what `run_attention` gives it
@@ -325,6 +392,39 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                 assert!(
                     diff <= tolerance,
                     "{dtype:?}, {heads} heads of {d}: sequence {i} is {diff} from the reference"
+                );
+            }
+        }
+    }
+}
+
+/// `mul_and_act(gate, up, SiLU)` on views of one matrix, as the MLP's stacked projections give
+/// them (rows not contiguous with each other), against `silu(gate) · up` in f64, over inputs
+/// from -100 to 100 (where `e^-x` overflows f32), for one row (a decoding step) and many (a
+/// prompt, taken in parallel), with widths that end in a partial group of eight.
+#[test]
+fn the_mlp_activation_on_strided_views() {
+    for (rows, width) in [(1, 1536), (3, 13), (40, 1000)] {
+        let n = rows * 2 * width;
+        let data: Vec<f32> = (0..n)
+            .map(|i| -100.0 + 200.0 * ((i * 7919) % n) as f32 / n as f32)
+            .collect();
+        let both = Tensor::from_vec(data.clone(), (1, rows, 2 * width), &Device::Cpu).unwrap();
+        let gate = both.narrow(D::Minus1, 0, width).unwrap();
+        let up = both.narrow(D::Minus1, width, width).unwrap();
+        let got = flat_f32(&mul_and_act(&gate, &up, Activation::Silu).unwrap());
+        assert_eq!(got.len(), rows * width);
+        for r in 0..rows {
+            for c in 0..width {
+                let (x, y) = (
+                    f64::from(data[r * 2 * width + c]),
+                    f64::from(data[r * 2 * width + width + c]),
+                );
+                let want = x / (1.0 + (-x).exp()) * y;
+                let got = f64::from(got[r * width + c]);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                    "silu({x}) * {y}: got {got}, want {want} (rows {rows}, width {width})"
                 );
             }
         }

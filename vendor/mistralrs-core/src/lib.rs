@@ -78,6 +78,8 @@ mod response;
 mod sampler;
 mod scheduler;
 mod sequence;
+// aiaas patch: eight-lane kernels of the CPU attention and activation.
+mod simd;
 mod speech_models;
 mod toml_selector;
 mod tools;

@@ -751,6 +751,10 @@ pub fn apply_triangular(xs: &Tensor, diagonal: isize, upper: bool) -> Result<Ten
 /// - Metal: Native Metal kernel
 /// - CPU: Rayon-parallelized implementation
 pub fn mul_and_act(a: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
+    // aiaas patch: SiLU in f32 on the CPU takes `silu_mul_cpu`.
+    if let Some(y) = silu_mul_cpu(a, b, act)? {
+        return Ok(y);
+    }
     // Check if we can use the fused kernel (works on CUDA, Metal, and CPU)
     if matches!(a.dtype(), DType::F16 | DType::BF16 | DType::F32) && a.dtype() == b.dtype() {
         // Map Activation to GluActivationType
@@ -770,6 +774,62 @@ pub fn mul_and_act(a: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
     }
 
     a.apply(&act)? * b
+}
+
+/// aiaas patch: `silu(a) · b` for `f32` tensors of one shape on the CPU whose rows (last
+/// dimension) are contiguous, as the MLP's gate and up projections are (views of one stacked
+/// matmul's output). Upstream's fused kernel (mistralrs-quant's `FusedGlu`) first copies both
+/// views into contiguous tensors, then runs one rayon item and one libm `expf` per element
+/// (about a tenth of a prompt's time on CPU, `bench/README.md`); here each row is read in place
+/// and computed eight lanes at a time (`simd::silu_mul`), rows in parallel. `None` (upstream's
+/// path) for anything else, and with `AIAAS_SILU_LANES=off` in the environment (for
+/// side-by-side measurements).
+fn silu_mul_cpu(a: &Tensor, b: &Tensor, act: Activation) -> Result<Option<Tensor>> {
+    use candle_core::Storage;
+    use rayon::prelude::*;
+    static ON: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| !std::env::var("AIAAS_SILU_LANES").is_ok_and(|v| v == "off"));
+    if !*ON
+        || !matches!(act, Activation::Silu | Activation::Swish)
+        || !a.device().is_cpu()
+        || a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || a.shape() != b.shape()
+        || a.rank() == 0
+        || a.stride().last() != Some(&1)
+        || b.stride().last() != Some(&1)
+    {
+        return Ok(None);
+    }
+    let dims = a.dims();
+    let cols = dims[dims.len() - 1];
+    let rows = if cols == 0 { 0 } else { a.elem_count() / cols };
+    // The offset of row `r` (leading dimensions flattened, in order).
+    let row_offset = |layout: &candle_core::Layout, mut r: usize| {
+        let mut offset = layout.start_offset();
+        for (&dim, &stride) in dims[..dims.len() - 1].iter().zip(layout.stride()).rev() {
+            offset += (r % dim) * stride;
+            r /= dim;
+        }
+        offset
+    };
+    let (a_guard, a_layout) = a.storage_and_layout();
+    let (b_guard, b_layout) = b.storage_and_layout();
+    let (Storage::Cpu(a_cpu), Storage::Cpu(b_cpu)) = (&*a_guard, &*b_guard) else {
+        return Ok(None);
+    };
+    let (a_data, b_data) = (a_cpu.as_slice::<f32>()?, b_cpu.as_slice::<f32>()?);
+    let mut out = vec![0f32; rows * cols];
+    let row = |r: usize, out: &mut [f32]| {
+        let (ia, ib) = (row_offset(a_layout, r), row_offset(b_layout, r));
+        crate::simd::silu_mul(&a_data[ia..ia + cols], &b_data[ib..ib + cols], out);
+    };
+    if rows * cols < 1 << 14 {
+        out.chunks_mut(cols.max(1)).enumerate().for_each(|(r, out)| row(r, out));
+    } else {
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, out)| row(r, out));
+    }
+    Ok(Some(Tensor::from_vec(out, a.shape(), a.device())?))
 }
 
 mod tests {

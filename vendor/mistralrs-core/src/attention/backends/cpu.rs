@@ -7,6 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
@@ -56,6 +57,10 @@ fn in_attention_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
 /// aiaas patch: key positions scored together in the prompt kernel before their softmax weights
 /// are applied (one running-max update per chunk instead of one per position).
 const CHUNK_KV: usize = 64;
+
+/// aiaas patch: query rows of one head scored together in the prompt kernel (each key value
+/// loaded serves them all).
+const PROMPT_ROWS: usize = 4;
 
 /// aiaas patch: rows of Q, K and V are widened to `f32` once, in bulk, instead of element by
 /// element inside every dot product and weighted sum (upstream called the scalar half-to-float
@@ -115,6 +120,7 @@ impl WidenF32 for f16 {
 /// instruction with two independent accumulators; elsewhere they are plain loops.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod lanes {
+    use super::{CHUNK_KV, PROMPT_ROWS};
     use core::arch::x86_64::*;
 
     #[inline]
@@ -212,10 +218,85 @@ mod lanes {
             y[j] += a * x[j];
         }
     }
+
+    /// `out[i][j] = q_i · k_j` for the `PROMPT_ROWS` query rows of `q` (row `i` at `q[i·d..]`)
+    /// and 16 key positions whose rows are stored transposed: component `c` of key `j` at
+    /// `kt[c·stride + j]`. Eight lanes hold eight keys, so no horizontal sums; each K value loaded
+    /// serves every query row.
+    pub(super) fn scores_block(q: &[f32], d: usize, kt: &[f32], stride: usize, out: &mut [[f32; 16]; PROMPT_ROWS]) {
+        assert!(d > 0 && q.len() >= PROMPT_ROWS * d && kt.len() >= (d - 1) * stride + 16);
+        // SAFETY: K loads read 16 values from `kt[c·stride..]`, `c < d`, within the length just
+        // checked; Q reads `q[i·d + c]`, `i < PROMPT_ROWS`, `c < d`; AVX2 and FMA are enabled at
+        // compile time.
+        unsafe {
+            let mut a = [[_mm256_setzero_ps(); 2]; PROMPT_ROWS];
+            for c in 0..d {
+                let row = kt.as_ptr().add(c * stride);
+                let k0 = _mm256_loadu_ps(row);
+                let k1 = _mm256_loadu_ps(row.add(8));
+                for (i, a) in a.iter_mut().enumerate() {
+                    let qi = _mm256_broadcast_ss(&*q.as_ptr().add(i * d + c));
+                    a[0] = _mm256_fmadd_ps(qi, k0, a[0]);
+                    a[1] = _mm256_fmadd_ps(qi, k1, a[1]);
+                }
+            }
+            for (o, a) in out.iter_mut().zip(a.iter()) {
+                _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+            }
+        }
+    }
+
+    /// `acc[i·dv..][..dv] += Σ_{j<n} p[i][j] · v[j·dv..][..dv]` for the `PROMPT_ROWS` rows,
+    /// positions in order, with 16 columns of every row held in registers across the positions.
+    pub(super) fn weighted_rows(p: &[[f32; CHUNK_KV]; PROMPT_ROWS], n: usize, v: &[f32], dv: usize, acc: &mut [f32]) {
+        assert!(n <= CHUNK_KV && v.len() >= n * dv && acc.len() >= PROMPT_ROWS * dv);
+        let blocks = dv / 16;
+        // SAFETY: V loads read 16 values of row `j < n` below column `dv`; accumulator loads and
+        // stores 16 values of row `i < PROMPT_ROWS` below column `dv`; AVX2 and FMA are enabled
+        // at compile time.
+        unsafe {
+            for blk in 0..blocks {
+                let col = blk * 16;
+                let mut a = [[_mm256_setzero_ps(); 2]; PROMPT_ROWS];
+                for (i, a) in a.iter_mut().enumerate() {
+                    let at = acc.as_ptr().add(i * dv + col);
+                    *a = [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))];
+                }
+                for j in 0..n {
+                    let row = v.as_ptr().add(j * dv + col);
+                    let v0 = _mm256_loadu_ps(row);
+                    let v1 = _mm256_loadu_ps(row.add(8));
+                    for (i, a) in a.iter_mut().enumerate() {
+                        let pi = _mm256_broadcast_ss(&p[i][j]);
+                        a[0] = _mm256_fmadd_ps(pi, v0, a[0]);
+                        a[1] = _mm256_fmadd_ps(pi, v1, a[1]);
+                    }
+                }
+                for (i, a) in a.iter().enumerate() {
+                    let at = acc.as_mut_ptr().add(i * dv + col);
+                    _mm256_storeu_ps(at, a[0]);
+                    _mm256_storeu_ps(at.add(8), a[1]);
+                }
+            }
+        }
+        let rest = blocks * 16;
+        if rest < dv {
+            for (i, p) in p.iter().enumerate() {
+                for (j, &pj) in p[..n].iter().enumerate() {
+                    if pj != 0.0 {
+                        axpy(&mut acc[i * dv + rest..(i + 1) * dv], pj, &v[j * dv + rest..(j + 1) * dv]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod lanes {
+    use super::{CHUNK_KV, PROMPT_ROWS};
+
     #[inline]
     pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [0f32; 8];
@@ -243,6 +324,27 @@ mod lanes {
             if pj != 0.0 {
                 axpy(&mut acc[..dv], pj, &v[j * dv..(j + 1) * dv]);
             }
+        }
+    }
+
+    /// `out[i][j] = q_i · k_j` for the `PROMPT_ROWS` query rows of `q` and 16 key positions
+    /// stored transposed (component `c` of key `j` at `kt[c·stride + j]`).
+    pub(super) fn scores_block(q: &[f32], d: usize, kt: &[f32], stride: usize, out: &mut [[f32; 16]; PROMPT_ROWS]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            o.fill(0.0);
+            for c in 0..d {
+                let qi = q[i * d + c];
+                for (o, k) in o.iter_mut().zip(&kt[c * stride..][..16]) {
+                    *o += qi * k;
+                }
+            }
+        }
+    }
+
+    /// `acc[i·dv..][..dv] += Σ_{j<n} p[i][j] · v[j·dv..][..dv]` for the `PROMPT_ROWS` rows.
+    pub(super) fn weighted_rows(p: &[[f32; CHUNK_KV]; PROMPT_ROWS], n: usize, v: &[f32], dv: usize, acc: &mut [f32]) {
+        for (i, p) in p.iter().enumerate() {
+            weighted_sum(&p[..n], v, dv, &mut acc[i * dv..]);
         }
     }
 }
@@ -786,12 +888,8 @@ where
                             sums[hg] = 0.0;
                             continue;
                         }
-                        let mut sum = 0f32;
-                        for score in scores[..n].iter_mut() {
-                            *score = (*score - m).exp();
-                            sum += *score;
-                        }
-                        sums[hg] = sum;
+                        scores[n..].fill(f32::NEG_INFINITY);
+                        sums[hg] = crate::simd::exp_sub_sum(scores, m);
                         lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
                     }
                 },
@@ -920,6 +1018,172 @@ fn widen_heads<T: WidenF32 + Send + Sync>(
     wide
 }
 
+/// aiaas patch: like `widen_heads`, for keys, transposed and padded: `[batch][head][dim][pad]`
+/// (component `c` of position `pos` at `c·pad + pos`, zeros from `len` to `pad`), as
+/// `lanes::scores_block` reads them.
+fn widen_heads_transposed<T: WidenF32 + Send + Sync>(
+    data: &[T],
+    b: usize,
+    len: usize,
+    heads: usize,
+    dim: usize,
+    stride: &[usize],
+    pad: usize,
+) -> Vec<f32> {
+    let mut wide = vec![0f32; b * heads * dim * pad];
+    wide.par_chunks_mut(dim * pad).enumerate().for_each_init(
+        || vec![0f32; dim],
+        |row, (bh, head_t)| {
+            let (b_i, head) = (bh / heads, bh % heads);
+            for pos in 0..len {
+                let base = b_i * stride[0] + pos * stride[1] + head * stride[2];
+                T::widen(&data[base..base + dim], row);
+                for (c, &x) in row.iter().enumerate() {
+                    head_t[c * pad + pos] = x;
+                }
+            }
+        },
+    );
+    wide
+}
+
+/// aiaas patch: whether prompts take the tiled kernel (`PromptHead::tile`); on unless
+/// `AIAAS_PROMPT_TILES=off` is set, or `set_prompt_tiles(false)` was called. Off, they take
+/// the kernel of one query row at a time (mistral.rs item 6).
+static PROMPT_TILES: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
+const SWITCH_UNREAD: u8 = 2;
+
+fn prompt_tiles() -> bool {
+    match PROMPT_TILES.load(Ordering::Relaxed) {
+        SWITCH_UNREAD => {
+            let on = !std::env::var("AIAAS_PROMPT_TILES").is_ok_and(|v| v == "off");
+            PROMPT_TILES.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        on => on == 1,
+    }
+}
+
+/// aiaas patch: turns the tiled prompt kernel on or off for the whole process (for tests and
+/// side-by-side measurements; `AIAAS_PROMPT_TILES=off` does the same at start).
+pub fn set_prompt_tiles(on: bool) {
+    PROMPT_TILES.store(u8::from(on), Ordering::Relaxed);
+}
+
+/// aiaas patch: one query head of one prompt for the tiled kernel: its keys (transposed, as
+/// `widen_heads_transposed` lays them out) and values (`[pos][dv]`) widened to `f32`, and how
+/// its logits are formed.
+struct PromptHead<'a> {
+    b_i: usize,
+    h_i: usize,
+    kt: &'a [f32],
+    kv_pad: usize,
+    v: &'a [f32],
+    kv_len: usize,
+    d: usize,
+    dv: usize,
+    slope: f32,
+    scale: f32,
+    logit_softcap: f32,
+    mask: Option<&'a MaskInfo<'a>>,
+}
+
+impl PromptHead<'_> {
+    /// Attention of `rows` (at most `PROMPT_ROWS`) consecutive query rows from position `q0`,
+    /// widened in `q` (row `i` at `q[i·d..]`, the rest zero): leaves row `i`'s weighted sum of
+    /// values in `acc[i·dv..][..dv]` and returns the factors (1 / the sum of its weights, 0 for
+    /// a row that sees no position) that normalise them.
+    ///
+    /// Key positions go by chunks of `CHUNK_KV`, and within a chunk by blocks of 16: a block
+    /// masked for every row is skipped, the others are scored for all the rows at once
+    /// (`lanes::scores_block`); then each row's running maximum is updated once per chunk, its
+    /// weights exponentiated eight at a time (`simd::exp_sub_sum`), and the chunk's weighted
+    /// value rows added to all the rows' sums at once (`lanes::weighted_rows`). The same online
+    /// softmax as the kernel of one row; the sums come in another order.
+    fn tile(&self, q0: usize, rows: usize, q: &[f32], acc: &mut [f32]) -> [f32; PROMPT_ROWS] {
+        const BLOCK: usize = 16;
+        let (d, dv) = (self.d, self.dv);
+        acc.fill(0.0);
+        let mut m = [f32::NEG_INFINITY; PROMPT_ROWS];
+        let mut s = [0f32; PROMPT_ROWS];
+        let mask_rows: [Option<&[f32]>; PROMPT_ROWS] = std::array::from_fn(|i| {
+            (i < rows)
+                .then(|| self.mask.and_then(|mask| mask.row(self.b_i, self.h_i, q0 + i, self.kv_len)))
+                .flatten()
+        });
+        let mut bias = [[f32::NEG_INFINITY; CHUNK_KV]; PROMPT_ROWS];
+        let mut p = [[0f32; CHUNK_KV]; PROMPT_ROWS];
+        let mut raw = [[0f32; BLOCK]; PROMPT_ROWS];
+        for start in (0..self.kv_len).step_by(CHUNK_KV) {
+            let n = CHUNK_KV.min(self.kv_len - start);
+            for (i, bias) in bias.iter_mut().enumerate().take(rows) {
+                for (j, bias) in bias[..n].iter_mut().enumerate() {
+                    *bias = match (mask_rows[i], self.mask) {
+                        (Some(row), _) => self.slope * row[start + j],
+                        (None, Some(mask)) => {
+                            self.slope * mask.value(self.b_i, self.h_i, q0 + i, start + j)
+                        }
+                        (None, None) => 0.0,
+                    };
+                }
+                bias[n..].fill(f32::NEG_INFINITY);
+            }
+            let mut any_live = false;
+            for blk in (0..CHUNK_KV).step_by(BLOCK) {
+                let cols = blk..blk + BLOCK;
+                let live = blk < n
+                    && bias[..rows]
+                        .iter()
+                        .any(|row| row[cols.clone()].iter().any(|&x| x != f32::NEG_INFINITY));
+                if !live {
+                    for p in p.iter_mut() {
+                        p[cols.clone()].fill(f32::NEG_INFINITY);
+                    }
+                    continue;
+                }
+                any_live = true;
+                lanes::scores_block(q, d, &self.kt[start + blk..], self.kv_pad, &mut raw);
+                for ((p, bias), raw) in p.iter_mut().zip(&bias).zip(&raw) {
+                    for ((p, &bias), &x) in p[cols.clone()].iter_mut().zip(&bias[cols.clone()]).zip(raw) {
+                        *p = if bias == f32::NEG_INFINITY {
+                            f32::NEG_INFINITY
+                        } else {
+                            let x = x * self.scale;
+                            let x = if self.logit_softcap != 0.0 {
+                                self.logit_softcap * (x / self.logit_softcap).tanh()
+                            } else {
+                                x
+                            };
+                            x + bias
+                        };
+                    }
+                }
+            }
+            if !any_live {
+                continue;
+            }
+            for (i, p) in p.iter_mut().enumerate() {
+                let chunk_max = p[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if i >= rows || chunk_max == f32::NEG_INFINITY {
+                    p.fill(0.0);
+                    continue;
+                }
+                if chunk_max > m[i] {
+                    if m[i] != f32::NEG_INFINITY {
+                        let factor = (m[i] - chunk_max).exp();
+                        scale_in_place(&mut acc[i * dv..(i + 1) * dv], factor);
+                        s[i] *= factor;
+                    }
+                    m[i] = chunk_max;
+                }
+                s[i] += crate::simd::exp_sub_sum(p, m[i]);
+            }
+            lanes::weighted_rows(&p, n, &self.v[start * dv..(start + n) * dv], dv, acc);
+        }
+        s.map(|s| if s > 0.0 { 1.0 / s } else { 0.0 })
+    }
+}
+
 /// Main forward flash-attention CPU routine.
 /// Shapes follow Candle convention: (B, S, H, D)
 ///
@@ -967,6 +1231,54 @@ where
         (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b, h }),
         _ => None,
     };
+
+    if prompt_tiles() {
+        in_attention_pool(|| {
+            let kv_pad = kv_len.div_ceil(16) * 16;
+            let kt = widen_heads_transposed(k_data, b, kv_len, k_h, d, kstride, kv_pad);
+            let vf = widen_heads(v_data, b, kv_len, v_h, dv, vstride);
+            out.par_chunks_mut(q_len * dv).enumerate().for_each(|(bh, head_out)| {
+                let (b_i, h_i) = (bh / h, bh % h);
+                let head = PromptHead {
+                    b_i,
+                    h_i,
+                    kt: &kt[(b_i * k_h + h_i / rk2) * d * kv_pad..][..d * kv_pad],
+                    kv_pad,
+                    v: &vf[(b_i * v_h + h_i / rv2) * kv_len * dv..][..kv_len * dv],
+                    kv_len,
+                    d,
+                    dv,
+                    slope: if max_bias > 0.0 {
+                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+                    } else {
+                        1.0
+                    },
+                    scale,
+                    logit_softcap,
+                    mask: mask_info.as_ref(),
+                };
+                head_out.par_chunks_mut(PROMPT_ROWS * dv).enumerate().for_each_init(
+                    || (vec![0f32; PROMPT_ROWS * d], vec![0f32; PROMPT_ROWS * dv]),
+                    |(q_rows, acc), (tile, out_rows)| {
+                        let q0 = tile * PROMPT_ROWS;
+                        let rows = out_rows.len() / dv;
+                        q_rows.fill(0.0);
+                        for (i, q_row) in q_rows.chunks_exact_mut(d).take(rows).enumerate() {
+                            let q_base = b_i * qstride[0] + (q0 + i) * qstride[1] + h_i * qstride[2];
+                            T::widen(&q_data[q_base..q_base + d], q_row);
+                        }
+                        let inv_s = head.tile(q0, rows, q_rows, acc);
+                        for (i, out_row) in out_rows.chunks_exact_mut(dv).enumerate() {
+                            for (o, v) in out_row.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
+                                *o = T::cast(*v * inv_s[i]);
+                            }
+                        }
+                    },
+                );
+            });
+        });
+        return Tensor::from_vec(out, (b, h, q_len, dv), &Device::Cpu);
+    }
 
     in_attention_pool(|| {
         let kf = widen_heads(k_data, b, kv_len, k_h, d, kstride);
