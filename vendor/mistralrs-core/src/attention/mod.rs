@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 mod backends;
 
-#[allow(unused)]
 pub use backends::set_prompt_tiles;
+#[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
 
 /// Chunk size for attention computation to avoid OOM on long sequences
