@@ -1187,10 +1187,12 @@ impl PromptHead<'_> {
 /// Main forward flash-attention CPU routine.
 /// Shapes follow Candle convention: (B, S, H, D)
 ///
-/// aiaas patch: K and V are widened to `f32` once per call (`widen_heads`), each query row is
-/// scored against chunks of `CHUNK_KV` positions with a SIMD dot product (masked positions are
-/// skipped before their dot product), and the chunk's weighted V rows are added with SIMD
-/// multiply-adds after one running-maximum update per chunk.
+/// aiaas patch: by default (`prompt_tiles()`), tiles of `PROMPT_ROWS` query rows of one head
+/// (`PromptHead::tile`, keys widened transposed by `widen_heads_transposed`). Otherwise K and V
+/// are widened to `f32` once per call (`widen_heads`), each query row is scored against chunks
+/// of `CHUNK_KV` positions with a SIMD dot product (masked positions are skipped before their
+/// dot product), and the chunk's weighted V rows are added with SIMD multiply-adds after one
+/// running-maximum update per chunk.
 #[allow(clippy::too_many_arguments)]
 fn flash_attn_cpu<T>(
     q_data: &[T],
