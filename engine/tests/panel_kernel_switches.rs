@@ -1,8 +1,10 @@
-//! The switches of candle patch items 8 to 10, kept for side-by-side measurements:
+//! The switches of candle patch items 8 to 13, kept for side-by-side measurements:
 //! - `AIAAS_VNNI=off` (`k_quants::set_vnni(false)`): the panel kernels without AVX-512 VNNI
 //!   compute the same bits as with it (and as `panel_q4_1_reference` / `panel_q8_0_reference`);
 //! - `AIAAS_AMX=off` (`k_quants::set_amx(false)`, item 12): interleaved Q4_1 products of several
 //!   rows without AMX, on the panel kernels: the same bits again;
+//! - `AIAAS_AVX512=off` (`k_quants::set_avx512(false)`, item 13): interleaved Q4_1 products on
+//!   the 256-bit panel kernels rather than the 512-bit ones: the same bits again;
 //! - `AIAAS_PANEL_KERNELS=off` (`k_quants::set_panel_kernels(false)`): Q4_1 and Q8_0 products
 //!   take the row kernels again (`vec_dot`, and the four-row kernels of a batch), which still
 //!   match the dequantized weights and give each row of a batch exactly what it gets alone.
@@ -12,7 +14,8 @@
 #![allow(clippy::unwrap_used)]
 
 use candle_core::quantized::k_quants::{
-    amx, amx_supported, set_amx, set_panel_kernels, set_vnni, vnni,
+    amx, amx_supported, avx512, avx512_supported, set_amx, set_avx512, set_panel_kernels, set_vnni,
+    vnni,
 };
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -41,6 +44,19 @@ fn the_panel_kernel_switches() {
     check_panel_arithmetic("without AMX: ");
     set_amx(true);
     assert_eq!(amx(), amx_supported());
+
+    // Without the 512-bit kernels (item 13), and without AMX either, so that every interleaved
+    // product takes the 256-bit panel kernels.
+    if !avx512_supported() {
+        eprintln!("this CPU has no AVX-512 VNNI: both settings run the same kernels");
+    }
+    set_avx512(false);
+    set_amx(false);
+    assert!(!avx512());
+    check_panel_arithmetic("without AVX-512 or AMX: ");
+    set_amx(true);
+    set_avx512(true);
+    assert_eq!(avx512(), avx512_supported() && vnni());
 
     let device = Device::Cpu;
     for (dtype, k, n, rows) in [GgmlDType::Q4_1, GgmlDType::Q8_0]

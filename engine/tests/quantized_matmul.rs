@@ -206,17 +206,41 @@ fn every_q4_1_and_q8_0_product_is_the_panel_arithmetic() {
 #[test]
 fn amx_is_used_where_the_cpu_has_it() {
     use candle_core::quantized::k_quants::amx_supported;
+    let Some(has) = cpu_has(&["amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512vl"]) else {
+        return;
+    };
+    assert_eq!(amx_supported(), has, "AMX in /proc/cpuinfo: {has}");
+}
+
+/// The 512-bit kernels (candle patch item 13) are used exactly where `/proc/cpuinfo` lists
+/// AVX-512 F, BW, VL and VNNI (with VNNI allowed, as by default), so that a host with them
+/// cannot quietly run (and test) only the 256-bit kernels; `check_panel_arithmetic` counts that
+/// the products it expects there ran on them.
+#[test]
+fn avx512_is_used_where_the_cpu_has_it() {
+    use candle_core::quantized::k_quants::{avx512, avx512_supported};
+    let Some(has) = cpu_has(&["avx512f", "avx512bw", "avx512vl", "avx512_vnni"]) else {
+        return;
+    };
+    assert_eq!(
+        avx512_supported(),
+        has,
+        "AVX-512 VNNI in /proc/cpuinfo: {has}"
+    );
+    assert_eq!(avx512(), has);
+}
+
+/// Whether the first CPU's flags in `/proc/cpuinfo` include all of `wanted`; `None` without
+/// that file.
+fn cpu_has(wanted: &[&str]) -> Option<bool> {
     let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
         eprintln!("no /proc/cpuinfo: nothing to compare with");
-        return;
+        return None;
     };
     let flags: Vec<&str> = cpuinfo
         .lines()
         .find(|line| line.starts_with("flags"))
         .map(|line| line.split_whitespace().collect())
         .unwrap_or_default();
-    let has = ["amx_tile", "amx_int8", "avx512f", "avx512bw", "avx512vl"]
-        .iter()
-        .all(|flag| flags.contains(flag));
-    assert_eq!(amx_supported(), has, "AMX in /proc/cpuinfo: {has}");
+    Some(wanted.iter().all(|flag| flags.contains(flag)))
 }

@@ -53,10 +53,43 @@ struct Args {
     /// Comma-separated settings of the panel kernels (aiaas's candle patch items 8 to 10, Q4_1
     /// and Q8_0) to time, one after the other for each row count (`on`; `off`: the row kernels, as
     /// before item 8; `interleaved`: the panel kernels with Q4_1 weights stored interleaved by
-    /// eight rows, as the GGUF Llama model stores them since item 11, without AMX; `amx`: the
-    /// same with AMX where the CPU has it, item 12).
+    /// eight rows, as the GGUF Llama model stores them since item 11, on 256-bit vectors;
+    /// `avx512`: the same on 512-bit vectors where the CPU has AVX-512 VNNI, item 13; `amx`:
+    /// that with AMX where the CPU has it, item 12, as served).
     #[arg(long, default_value = "on", value_delimiter = ',')]
     panels: Vec<String>,
+}
+
+/// One `--panels` setting: which kernels the products may take.
+#[derive(Clone, Copy)]
+struct Setting {
+    panels: bool,
+    interleaved: bool,
+    avx512: bool,
+    amx: bool,
+    name: &'static str,
+}
+
+impl Setting {
+    fn parse(name: &str) -> Result<Self> {
+        let (panels, interleaved, avx512, amx, name) = match name {
+            "on" => (true, false, false, false, "panels"),
+            "off" => (false, false, false, false, "row kernels"),
+            "interleaved" => (true, true, false, false, "panels, interleaved"),
+            "avx512" => (true, true, true, false, "interleaved, AVX-512"),
+            "amx" => (true, true, true, true, "interleaved, AVX-512, AMX"),
+            other => {
+                anyhow::bail!("--panels takes on, off, interleaved, avx512 or amx, not {other}")
+            }
+        };
+        Ok(Self {
+            panels,
+            interleaved,
+            avx512,
+            amx,
+            name,
+        })
+    }
 }
 
 /// (input width, output width) of the seven matmuls of one layer.
@@ -115,21 +148,17 @@ fn run(args: &Args) -> Result<()> {
         &LAYER
     };
     let macs_per_row: usize = layer_shapes.iter().map(|(k, n)| k * n).sum();
-    // (panel kernels, interleaved weights, AMX)
-    let panels: Vec<(bool, bool, bool)> = args
+    let panels: Vec<Setting> = args
         .panels
         .iter()
-        .map(|p| match p.as_str() {
-            "on" => Ok((true, false, false)),
-            "off" => Ok((false, false, false)),
-            "interleaved" => Ok((true, true, false)),
-            "amx" => Ok((true, true, true)),
-            other => anyhow::bail!("--panels takes on, off, interleaved or amx, not {other}"),
-        })
+        .map(|p| Setting::parse(p))
         .collect::<Result<_>>()?;
-    let interleave = panels.iter().any(|&(_, interleaved, _)| interleaved);
-    if panels.iter().any(|&(_, _, amx)| amx) && !candle_core::quantized::k_quants::amx_supported() {
+    let interleave = panels.iter().any(|s| s.interleaved);
+    if panels.iter().any(|s| s.amx) && !candle_core::quantized::k_quants::amx_supported() {
         eprintln!("note: this CPU or OS offers no AMX: `amx` runs the panel kernels");
+    }
+    if panels.iter().any(|s| s.avx512) && !candle_core::quantized::k_quants::avx512_supported() {
+        eprintln!("note: this CPU has no AVX-512 VNNI: `avx512` runs the 256-bit panel kernels");
     }
     println!("| type | rows | input | layer ms (median) | per row µs | GMAC/s |");
     println!("|---|---|---|---|---|---|");
@@ -158,20 +187,15 @@ fn run(args: &Args) -> Result<()> {
             .iter()
             .flat_map(|rows| panels.iter().map(move |panels| (rows, panels)))
         {
-            let (panels, interleaved, amx) = panels;
-            candle_core::quantized::k_quants::set_panel_kernels(panels);
-            candle_core::quantized::k_quants::set_amx(amx);
-            let input = match (args.prompt, panels, interleaved, amx) {
-                (false, true, false, _) => "rows, panels",
-                (false, true, true, false) => "rows, panels, interleaved",
-                (false, true, true, true) => "rows, interleaved, AMX",
-                (false, false, _, _) => "rows, row kernels",
-                (true, true, false, _) => "prompt, panels",
-                (true, true, true, false) => "prompt, panels, interleaved",
-                (true, true, true, true) => "prompt, interleaved, AMX",
-                (true, false, _, _) => "prompt, row kernels",
-            };
-            let mats = if interleaved {
+            candle_core::quantized::k_quants::set_panel_kernels(panels.panels);
+            candle_core::quantized::k_quants::set_avx512(panels.avx512);
+            candle_core::quantized::k_quants::set_amx(panels.amx);
+            let input = format!(
+                "{}, {}",
+                if args.prompt { "prompt" } else { "rows" },
+                panels.name
+            );
+            let mats = if panels.interleaved {
                 &interleaved_mats
             } else {
                 &mats

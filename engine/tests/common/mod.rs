@@ -90,11 +90,14 @@ pub fn panel_q8_0_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
 /// `interleave_q4_1`): their products must be the same bits, their dequantized weights the same.
 /// Those of `AMX_MIN_ROWS` rows or more (21 and 66 here: tiles of 16 rows, then a short one) run
 /// on AMX where `amx()` says so (item 12; 200 weight rows end with a tile of eight, not
-/// sixteen), and only then: counted by `amx_products`.
+/// sixteen), and only then: counted by `amx_products`. The other interleaved products run on the
+/// 512-bit kernels where `avx512()` says so (item 13: twelve pairs of panels, then a single one),
+/// and only then: counted by `avx512_products`.
 #[allow(dead_code)] // not every test binary uses it
 pub fn check_panel_arithmetic(label: &str) {
     use candle_core::quantized::k_quants::{
-        amx, amx_products, interleave_q4_1, interleaved_q4_1_count, AMX_MIN_ROWS,
+        amx, amx_products, avx512, avx512_products, interleave_q4_1, interleaved_q4_1_count,
+        AMX_MIN_ROWS,
     };
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
@@ -159,13 +162,19 @@ pub fn check_panel_arithmetic(label: &str) {
             let flat = input.reshape((count / k, k)).unwrap();
             let out = matmul.forward(&input).unwrap();
             let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
-            let amx_before = amx_products();
+            let (amx_before, avx512_before) = (amx_products(), avx512_products());
             let other = interleaved.forward(&input).unwrap();
             let on_amx = interleaves && amx() && count / k >= AMX_MIN_ROWS;
             assert_eq!(
                 amx_products() - amx_before,
                 usize::from(on_amx),
                 "{label}{dtype:?} {k} x {n}, input {shape:?}: on AMX or not"
+            );
+            let on_avx512 = interleaves && !on_amx && avx512();
+            assert_eq!(
+                avx512_products() - avx512_before,
+                usize::from(on_avx512),
+                "{label}{dtype:?} {k} x {n}, input {shape:?}: on the 512-bit kernels or not"
             );
             let other: Vec<Vec<f32>> = other.reshape((count / k, n)).unwrap().to_vec2().unwrap();
             for (r, (a, b)) in got.iter().zip(&other).enumerate() {

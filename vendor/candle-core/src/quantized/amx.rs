@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 /// Bytes of one block column of a prepared panel of 16 weight rows: the B tile (eight rows of
-/// 64 bytes), then the rows' `d` and their `m` as f32 (16 each).
-const PREPARED_BYTES: usize = 640;
+/// 64 bytes), then the rows' `d` and their `m` as f32 (16 each). The 512-bit kernels (item 13)
+/// use the same layout: a row of the tile is one vector of 16 lanes.
+pub(crate) const PREPARED_BYTES: usize = 640;
 
 /// Input rows per tile.
 const TILE_ROWS: usize = 16;
@@ -278,13 +279,14 @@ pub(crate) fn matmul_q4_1x8(
 }
 
 /// Unpacks the block columns of one or two interleaved panels of eight weight rows (`low`, and
-/// `high` or zeros) into B tiles and f32 scales (`PREPARED_BYTES` per block).
+/// `high` or zeros) into B tiles and f32 scales (`PREPARED_BYTES` per block); also for the
+/// 512-bit kernels' prompts (item 13).
 ///
 /// # Safety
 /// AVX-512 F and BW; `low` and `high` point to `blocks` block columns each, `out` has room for
 /// `blocks * PREPARED_BYTES` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
-unsafe fn prepare(blocks: usize, low: *const u8, high: Option<*const u8>, out: *mut u8) {
+pub(crate) unsafe fn prepare(blocks: usize, low: *const u8, high: Option<*const u8>, out: *mut u8) {
     let nibble = _mm512_set1_epi8(0xF);
     for b in 0..blocks {
         let l = low.add(b * INTERLEAVED_Q4_1_BYTES);

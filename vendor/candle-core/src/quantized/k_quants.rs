@@ -2596,7 +2596,9 @@ pub fn matmul<T: GgmlType>(
 /// to f32 once, before the parallel part. With `interleaved`, `xs` holds the weight rows as
 /// `InterleavedQ4_1` lays them out (item 11; `n` a multiple of eight), which the direct kernel
 /// reads without transposing (`avx::gemm_q4_1x8_q8_1_direct`) and the repacked branch unpacks
-/// (`avx::pack_q4_1x8_interleaved`); the results are the same.
+/// (`avx::pack_q4_1x8_interleaved`); the results are the same. Interleaved weights take AMX
+/// from `AMX_MIN_ROWS` input rows (item 12) and otherwise, where the CPU has AVX-512 VNNI, the
+/// same two kernels on 512-bit vectors (item 13, `avx512::matmul_q4_1x16`): the same results.
 #[cfg(target_feature = "avx2")]
 fn matmul_panels_q4_1(
     (m, k, n): (usize, usize, usize),
@@ -2622,6 +2624,13 @@ fn matmul_panels_q4_1(
     assert!(xs.len() >= n * blocks && ys.len() >= m * blocks && dst.len() >= m * n);
     let ys_d: Vec<f32> = ys[..m * blocks].iter().map(|y| y.d.to_f32()).collect();
     let ys_s: Vec<f32> = ys[..m * blocks].iter().map(|y| y.s.to_f32()).collect();
+    // aiaas patch (item 13): interleaved weights on 512-bit vectors, 16 weight rows per vector,
+    // where the CPU has AVX-512 VNNI (and `AIAAS_VNNI` allows it): the same bits.
+    #[cfg(target_arch = "x86_64")]
+    if interleaved && vnni && super::avx512::avx512() {
+        super::avx512::matmul_q4_1x16((m, k, n), xs, ys, &ys_d, &ys_s, dst);
+        return;
+    }
     if m < REPACK_MIN_ROWS {
         let rows = Q4_1Rows {
             blocks,
@@ -3150,6 +3159,45 @@ pub fn amx_supported() -> bool {
 pub fn amx_products() -> usize {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     return super::amx::products();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    0
+}
+
+/// aiaas patch (item 13): lets products with interleaved Q4_1 weights take the 512-bit kernels
+/// where the CPU has AVX-512 VNNI (`true`, the default) or keep the 256-bit panel kernels (for
+/// side-by-side measurements and tests), whatever `AIAAS_AVX512` says. Either way each output
+/// is the same to the bit.
+pub fn set_avx512(on: bool) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    super::avx512::set_avx512(on);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    let _ = on;
+}
+
+/// aiaas patch (item 13): whether products with interleaved Q4_1 weights run on the 512-bit
+/// kernels (those AMX does not take): `avx512_supported()`, `vnni()`, and `set_avx512` /
+/// `AIAAS_AVX512` (not `off`) allow it.
+pub fn avx512() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::avx512::avx512() && vnni();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    false
+}
+
+/// aiaas patch (item 13): whether the CPU has what the 512-bit kernels use: AVX-512 F, BW, VL
+/// and VNNI.
+pub fn avx512_supported() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::avx512::supported();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    false
+}
+
+/// aiaas patch (item 13): how many products have run on the 512-bit kernels in this process
+/// (for tests).
+pub fn avx512_products() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    return super::avx512::products();
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
     0
 }

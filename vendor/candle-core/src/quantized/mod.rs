@@ -9,6 +9,8 @@ pub mod avx;
 // aiaas patch (item 12): Q4_1 products through Intel AMX.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 mod amx;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod avx512;
 mod dummy_cuda;
 mod dummy_metal;
 pub mod ggml_file;
