@@ -2,9 +2,9 @@
 //! `vendor/mistralrs-core/AIAAS-PATCH.md`: query, key and value as one quantized matmul, gate
 //! and up as another) compute exactly what the separate matmuls compute; and its Q4_1 prompts,
 //! which go through candle's packed prompt kernel (`vendor/candle-core/AIAAS-PATCH.md`, item
-//! 8), give each request the same generation alone and among others. Its Q4_1 weights stored
-//! interleaved by eight rows (candle patch item 11, `interleave_q4_1`) give the same
-//! generations as stored plain.
+//! 8), give each request the same generation alone and among others. Its Q4_1 and Q8_0 weights
+//! stored interleaved by eight rows (candle patch items 11 and 14, `interleave_panels`) give the
+//! same generations as stored plain.
 //!
 //! A test binary of its own: it switches the stacking, then the interleaving, off through the
 //! environment between loads of the model, which no other test in the process may observe.
@@ -68,26 +68,39 @@ async fn generations() -> Vec<Generation> {
 
 #[tokio::test]
 async fn stacked_projections_give_the_logprobs_of_separate_ones() {
-    use candle_core::quantized::k_quants::interleaved_q4_1_count;
+    use candle_core::quantized::k_quants::{interleaved_q4_1_count, interleaved_q8_0_count};
     let before = mistralrs_core::stacked_projection_count();
-    let interleaved_before = interleaved_q4_1_count();
+    let interleaved_before = (interleaved_q4_1_count(), interleaved_q8_0_count());
+    let interleaved_since = || {
+        (
+            interleaved_q4_1_count() - interleaved_before.0,
+            interleaved_q8_0_count() - interleaved_before.1,
+        )
+    };
     let stacked = generations().await;
     // Two layers, each with query|key|value and gate|up stacked.
     assert_eq!(mistralrs_core::stacked_projection_count() - before, 4);
-    // Per layer the two stacked matrices, the attention's output and the MLP's down projection
-    // (the output layer is Q8_0), in a build with AVX2 (which the panel kernels need).
-    let interleaved = interleaved_q4_1_count() - interleaved_before;
+    // Per layer the two stacked matrices, the attention's output and the MLP's down projection,
+    // and the Q8_0 output layer (400 rows: fifty panels of eight), in a build with AVX2 (which
+    // the panel kernels need).
+    let interleaved = interleaved_since();
     if cfg!(target_feature = "avx2") {
-        assert_eq!(interleaved, 8, "Q4_1 weights interleaved at load");
+        assert_eq!(
+            interleaved,
+            (8, 1),
+            "Q4_1 and Q8_0 weights interleaved at load"
+        );
     }
 
     std::env::set_var("AIAAS_INTERLEAVED_Q4_1", "off");
+    std::env::set_var("AIAAS_INTERLEAVED_Q8_0", "off");
     let plain = generations().await;
     std::env::remove_var("AIAAS_INTERLEAVED_Q4_1");
+    std::env::remove_var("AIAAS_INTERLEAVED_Q8_0");
     assert_eq!(
-        interleaved_q4_1_count() - interleaved_before,
+        interleaved_since(),
         interleaved,
-        "AIAAS_INTERLEAVED_Q4_1=off keeps the weights as stored"
+        "AIAAS_INTERLEAVED_Q4_1=off and AIAAS_INTERLEAVED_Q8_0=off keep the weights as stored"
     );
     for (i, (a, b)) in stacked.iter().zip(&plain).enumerate() {
         assert_eq!(a, b, "generation {i}, interleaved and plain weights");

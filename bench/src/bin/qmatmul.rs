@@ -173,9 +173,9 @@ fn run(args: &Args) -> Result<()> {
                 let w = Tensor::rand(-1f32, 1f32, (n, k), &device)?;
                 plain.push(QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?);
                 if interleave {
-                    let q = candle_core::quantized::k_quants::interleave_q4_1(QTensor::quantize(
-                        &w, dtype,
-                    )?)?;
+                    let q = candle_core::quantized::k_quants::interleave_panels(
+                        QTensor::quantize(&w, dtype)?,
+                    )?;
                     interleaved.push(QMatMul::from_qtensor(q)?);
                 }
             }

@@ -85,19 +85,19 @@ pub fn panel_q8_0_reference(weight_row: &[u8], input_row: &[u8]) -> f32 {
 /// Checks every output of Q4_1 and Q8_0 products of several shapes (one to nine rows, prompts
 /// of 6 to 33 rows; rows of 576 and 1536 values; 200 weight rows, and 67, whose last panel of
 /// eight is short) bit for bit against `panel_q4_1_reference` / `panel_q8_0_reference` and
-/// within tolerance of the dequantized weights; `label` names the setting in failures. Q4_1
-/// weights whose rows are a multiple of eight are also interleaved (candle patch item 11,
-/// `interleave_q4_1`): their products must be the same bits, their dequantized weights the same.
-/// Those of `AMX_MIN_ROWS` rows or more (21 and 66 here: tiles of 16 rows, then a short one) run
-/// on AMX where `amx()` says so (item 12; 200 weight rows end with a tile of eight, not
-/// sixteen), and only then: counted by `amx_products`. The other interleaved products run on the
-/// 512-bit kernels where `avx512()` says so (item 13: twelve pairs of panels, then a single one),
-/// and only then: counted by `avx512_products`.
+/// within tolerance of the dequantized weights; `label` names the setting in failures. Weights
+/// whose rows are a multiple of eight are also interleaved (candle patch items 11 and 14,
+/// `interleave_panels`): their products must be the same bits, their dequantized weights the
+/// same. Q4_1 products of `AMX_MIN_ROWS` rows or more (21 and 66 here: tiles of 16 rows, then a
+/// short one) run on AMX where `amx()` says so (item 12; 200 weight rows end with a tile of
+/// eight, not sixteen), and only then: counted by `amx_products`. The other interleaved
+/// products, Q4_1 and Q8_0, run on the 512-bit kernels where `avx512()` says so (items 13 and
+/// 14: twelve pairs of panels, then a single one), and only then: counted by `avx512_products`.
 #[allow(dead_code)] // not every test binary uses it
 pub fn check_panel_arithmetic(label: &str) {
     use candle_core::quantized::k_quants::{
-        amx, amx_products, avx512, avx512_products, interleave_q4_1, interleaved_q4_1_count,
-        AMX_MIN_ROWS,
+        amx, amx_products, avx512, avx512_products, interleave_panels, interleaved_q4_1_count,
+        interleaved_q8_0_count, AMX_MIN_ROWS,
     };
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
@@ -130,11 +130,15 @@ pub fn check_panel_arithmetic(label: &str) {
         let weight_bytes = quantized.data().unwrap().to_vec();
         let dequantized = quantized.dequantize(&device).unwrap();
         let matmul = QMatMul::from_qtensor(quantized).unwrap();
-        let before = interleaved_q4_1_count();
-        let interleaved = interleave_q4_1(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
-        let interleaves = dtype == GgmlDType::Q4_1 && n % 8 == 0;
+        let interleaved_count = || match dtype {
+            GgmlDType::Q4_1 => interleaved_q4_1_count(),
+            _ => interleaved_q8_0_count(),
+        };
+        let before = interleaved_count();
+        let interleaved = interleave_panels(QTensor::quantize(&weights, dtype).unwrap()).unwrap();
+        let interleaves = n % 8 == 0;
         assert_eq!(
-            interleaved_q4_1_count() - before,
+            interleaved_count() - before,
             usize::from(interleaves),
             "{label}{dtype:?} {k} x {n}: interleaved or not"
         );
@@ -164,7 +168,8 @@ pub fn check_panel_arithmetic(label: &str) {
             let got: Vec<Vec<f32>> = out.reshape((count / k, n)).unwrap().to_vec2().unwrap();
             let (amx_before, avx512_before) = (amx_products(), avx512_products());
             let other = interleaved.forward(&input).unwrap();
-            let on_amx = interleaves && amx() && count / k >= AMX_MIN_ROWS;
+            let on_amx =
+                interleaves && dtype == GgmlDType::Q4_1 && amx() && count / k >= AMX_MIN_ROWS;
             assert_eq!(
                 amx_products() - amx_before,
                 usize::from(on_amx),

@@ -202,7 +202,7 @@ struct Dst(*mut f32);
 unsafe impl Sync for Dst {}
 
 /// The `m` x `n` product of the Q8_1 input rows `ys` (`k / 32` blocks each) with the `n`
-/// interleaved Q4_1 weight rows `xs` (`InterleavedQ4_1`'s slots: `n` a multiple of eight) into
+/// interleaved Q4_1 weight rows `xs` (`Interleaved<BlockQ4_1>`'s slots: `n` a multiple of eight) into
 /// `dst` (`m` rows of `n`): a task per panel of 16 weight rows (the last one may have eight),
 /// which unpacks its weights into B tiles once and meets the input rows 16 at a time.
 ///

@@ -468,7 +468,7 @@ pub(crate) unsafe fn gemm_q4_1_q8_1_direct_vnni<const R: usize>(
 }
 
 // aiaas patch (item 11): the bytes of one block column of an interleaved Q4_1 panel
-// (`k_quants::InterleavedQ4_1`), the room of eight blocks: the eight rows' `d` as f16, their
+// (`k_quants::Interleaved<BlockQ4_1>`), the room of eight blocks: the eight rows' `d` as f16, their
 // `m`, then four words of 32 bytes, word `g` holding bytes `4g..4g + 4` of each row's values, row
 // after row: what `gemm_q4_1_q8_1_direct` builds in registers from eight rows read where they
 // lie.
@@ -615,8 +615,6 @@ pub(crate) fn gemm_q8_0_q8_0_direct<const R: usize, const VNNI: bool>(
     unsafe {
         let row: [*const BlockQ8_0; 8] =
             std::array::from_fn(|j| xs.as_ptr().add(j.min(rows - 1) * blocks));
-        let flip = _mm256_set1_epi8(-128);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         let next_bytes = std::mem::size_of_val(next);
         let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
@@ -651,40 +649,64 @@ pub(crate) fn gemm_q8_0_q8_0_direct<const R: usize, const VNNI: bool>(
             }
             let d: [u16; 8] = std::array::from_fn(|j| (*row[j].add(b)).d.to_bits());
             let wd = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i));
-            let mut sums = [_mm256_setzero_si256(); R];
-            for (g, w) in words.into_iter().enumerate() {
-                let unsigned = if VNNI {
-                    _mm256_xor_si256(w, flip)
-                } else {
-                    _mm256_sign_epi8(w, w)
-                };
-                for (r, sum) in sums.iter_mut().enumerate() {
-                    let y = ys.get_unchecked(r * blocks + b).qs.as_ptr().add(4 * g);
-                    let y = _mm256_set1_epi32((y as *const i32).read_unaligned());
-                    *sum = if VNNI {
-                        _mm256_dpbusd_epi32(*sum, unsigned, y)
-                    } else {
-                        let pairs = _mm256_maddubs_epi16(unsigned, _mm256_sign_epi8(y, w));
-                        _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones))
-                    };
-                }
-            }
-            for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
-                let sum = if VNNI {
-                    _mm256_sub_epi32(sum, _mm256_set1_epi32(*ys_bias.get_unchecked(r * blocks + b)))
-                } else {
-                    sum
-                };
-                let q = _mm256_cvtepi32_ps(sum);
-                let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
-                *acc = _mm256_fmadd_ps(q, d, *acc);
-            }
+            q8_0_block::<R, VNNI>(&mut acc, words, wd, b, blocks, ys, ys_d, ys_bias);
         }
         let mut out = [[0f32; 8]; R];
         for (out, acc) in out.iter_mut().zip(acc) {
             _mm256_storeu_ps(out.as_mut_ptr(), acc);
         }
         out
+    }
+}
+
+// aiaas patch: one block of the Q8_0 panel kernels for `R` input rows: `words[g]` holds values
+// `4g..4g + 4` of each of the eight weight rows, `wd` their scales; per input row the block's
+// exact integer sum, then `acc = fma(sum, d_w * d_y, acc)` (see `gemm_q8_0_q8_0_direct`).
+//
+// # Safety
+// AVX2, FMA (and with `VNNI`, AVX-512 VNNI and VL); `ys`, `ys_d` and `ys_bias` hold `R` rows of
+// `blocks` blocks and `b < blocks`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn q8_0_block<const R: usize, const VNNI: bool>(
+    acc: &mut [__m256; R],
+    words: [__m256i; 8],
+    wd: __m256,
+    b: usize,
+    blocks: usize,
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+) {
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [_mm256_setzero_si256(); R];
+    for (g, w) in words.into_iter().enumerate() {
+        let unsigned = if VNNI {
+            _mm256_xor_si256(w, flip)
+        } else {
+            _mm256_sign_epi8(w, w)
+        };
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let y = ys.get_unchecked(r * blocks + b).qs.as_ptr().add(4 * g);
+            let y = _mm256_set1_epi32((y as *const i32).read_unaligned());
+            *sum = if VNNI {
+                _mm256_dpbusd_epi32(*sum, unsigned, y)
+            } else {
+                let pairs = _mm256_maddubs_epi16(unsigned, _mm256_sign_epi8(y, w));
+                _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones))
+            };
+        }
+    }
+    for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+        let sum = if VNNI {
+            _mm256_sub_epi32(sum, _mm256_set1_epi32(*ys_bias.get_unchecked(r * blocks + b)))
+        } else {
+            sum
+        };
+        let q = _mm256_cvtepi32_ps(sum);
+        let d = _mm256_mul_ps(wd, _mm256_set1_ps(*ys_d.get_unchecked(r * blocks + b)));
+        *acc = _mm256_fmadd_ps(q, d, *acc);
     }
 }
 
@@ -701,6 +723,70 @@ pub(crate) unsafe fn gemm_q8_0_q8_0_direct_vnni<const R: usize>(
     next: &[BlockQ8_0],
 ) -> [[f32; 8]; R] {
     gemm_q8_0_q8_0_direct::<R, true>(blocks, xs, rows, ys, ys_d, ys_bias, next)
+}
+
+// aiaas patch (item 14): the bytes of one block column of an interleaved Q8_0 panel
+// (`k_quants::Interleaved<BlockQ8_0>`), the room of eight blocks: the eight rows' `d` as f16,
+// then eight words of 32 bytes, word `g` holding values `4g..4g + 4` of each row, row after row:
+// what `gemm_q8_0_q8_0_direct` builds in registers from eight rows read where they lie.
+pub(crate) const INTERLEAVED_Q8_0_BYTES: usize = 8 * std::mem::size_of::<BlockQ8_0>();
+
+// aiaas patch (item 14): `gemm_q8_0_q8_0_direct` for an interleaved panel (`xs`: `blocks` block
+// columns of `INTERLEAVED_Q8_0_BYTES`, as `8 * blocks` blocks' room): one 16-byte load gives the
+// eight rows' `d`, one 32-byte load a word, then the same operations on the same vectors
+// (`q8_0_block`), so the same results to the bit. `next` as in `gemm_q8_0_q8_0_direct`.
+#[inline(always)]
+pub(crate) fn gemm_q8_0x8_q8_0_direct<const R: usize, const VNNI: bool>(
+    blocks: usize,
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+    next: &[BlockQ8_0],
+) -> [[f32; 8]; R] {
+    assert!(xs.len() >= 8 * blocks);
+    assert!(ys.len() >= R * blocks && ys_d.len() >= R * blocks && ys_bias.len() >= R * blocks);
+    // SAFETY: AVX2, FMA and F16C are enabled (this module is only built with them), and VNNI
+    // where `VNNI` (the callers check it); every weight read is within the `8 * blocks` blocks'
+    // room of `xs`, and every input read is within the slices checked above.
+    unsafe {
+        let base = xs.as_ptr() as *const u8;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let next_bytes = std::mem::size_of_val(next);
+        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        for b in 0..blocks {
+            for line in b * lines_per_block..(b + 1) * lines_per_block {
+                if line * 64 < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
+                }
+            }
+            let column = base.add(b * INTERLEAVED_Q8_0_BYTES);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(column as *const __m128i));
+            let words: [__m256i; 8] = std::array::from_fn(|g| {
+                _mm256_loadu_si256(column.add(16 + 32 * g) as *const __m256i)
+            });
+            q8_0_block::<R, VNNI>(&mut acc, words, wd, b, blocks, ys, ys_d, ys_bias);
+        }
+        let mut out = [[0f32; 8]; R];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+        out
+    }
+}
+
+// # Safety
+// The CPU supports `avx512vnni` and `avx512vl`.
+#[target_feature(enable = "avx512vnni,avx512vl")]
+pub(crate) unsafe fn gemm_q8_0x8_q8_0_direct_vnni<const R: usize>(
+    blocks: usize,
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+    next: &[BlockQ8_0],
+) -> [[f32; 8]; R] {
+    gemm_q8_0x8_q8_0_direct::<R, true>(blocks, xs, ys, ys_d, ys_bias, next)
 }
 
 #[inline(always)]

@@ -1,25 +1,26 @@
-//! aiaas patch (item 13): Q4_1 products on 512-bit vectors, for interleaved weights (item 11),
-//! where the CPU has AVX-512 with VNNI (Intel from Ice Lake, AMD from Zen 4).
+//! aiaas patch (items 13 and 14): Q4_1 and Q8_0 products on 512-bit vectors, for weights stored
+//! interleaved by panels of eight rows (items 11 and 14), where the CPU has AVX-512 with VNNI
+//! (Intel from Ice Lake, AMD from Zen 4).
 //!
-//! The panel kernels of items 9 and 11 take eight weight rows per 256-bit vector. Here a task
+//! The panel kernels of items 9 to 11 take eight weight rows per 256-bit vector. Here a task
 //! takes two interleaved panels at once, 16 weight rows per 512-bit vector: per block and group
 //! of four values one `vpdpbusd` serves the 16 rows where the 256-bit kernels need two, and the
-//! block's scaling (a conversion, a product and two fused multiply-adds per input row) serves 16
-//! outputs where they serve eight. Each lane does exactly what a lane of the 256-bit kernels
-//! does: per block the exact integer sum of the 32 products, then `acc = fma(sum, d_w * d_y,
-//! acc)` and `acc = fma(m_w, s_y, acc)`, block after block. So every output is the same to the
-//! bit (tests), whichever kernel ran.
+//! block's scaling (a conversion, a product and one or two fused multiply-adds per input row)
+//! serves 16 outputs where they serve eight. Each lane does exactly what a lane of the 256-bit
+//! kernels does: per block the exact integer sum of the 32 products, then for Q4_1 `acc =
+//! fma(sum, d_w * d_y, acc)` and `acc = fma(m_w, s_y, acc)`, for Q8_0 the first only, block
+//! after block. So every output is the same to the bit (tests), whichever kernel ran.
 //!
-//! With fewer than `REPACK_MIN_ROWS` input rows (decoding, short prompts) the kernel reads the
-//! two panels where they lie (`direct`), requesting the next two from memory while it computes;
+//! With fewer than `REPACK_MIN_ROWS` input rows (decoding, short prompts; Q8_0, the output
+//! layer, always) the kernel reads the two panels where they lie (`direct`), requesting the next two from memory while it computes;
 //! with more, each task first unpacks its two panels into 16-lane vectors (`amx::prepare`, the
 //! layout of AMX's B tiles, which is exactly one vector per group of four values) that then
 //! serve every input row (`packed`). A last single panel of eight rows (the weight rows an odd
 //! multiple of eight) is computed on the same 16 lanes with its upper half ignored.
 
 use super::amx::PREPARED_BYTES;
-use super::avx::INTERLEAVED_Q4_1_BYTES;
-use super::k_quants::{switch_on, BlockQ4_1, BlockQ8_1, QK4_1};
+use super::avx::{INTERLEAVED_Q4_1_BYTES, INTERLEAVED_Q8_0_BYTES};
+use super::k_quants::{switch_on, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK4_1, QK8_0};
 use core::arch::x86_64::*;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
@@ -73,7 +74,7 @@ unsafe impl Sync for Dst {}
 
 /// The `m` x `n` product of the Q8_1 input rows `ys` (`k / 32` blocks each; `ys_d` and `ys_s`
 /// their blocks' `d` and `s` as f32) with the `n` interleaved Q4_1 weight rows `xs`
-/// (`InterleavedQ4_1`'s slots, `n` a multiple of eight) into `dst` (`m` rows of `n`).
+/// (`Interleaved<BlockQ4_1>`'s slots, `n` a multiple of eight) into `dst` (`m` rows of `n`).
 ///
 /// # Panics
 /// If `supported()` is false, or the slices are shorter than the shapes say.
@@ -91,67 +92,24 @@ pub(crate) fn matmul_q4_1x16(
     assert!(xs.len() >= n * blocks && dst.len() >= m * n);
     assert!(ys.len() >= m * blocks && ys_d.len() >= m * blocks && ys_s.len() >= m * blocks);
     PRODUCTS.fetch_add(1, Relaxed);
-    let out = Dst(dst.as_mut_ptr());
     let panel_bytes = blocks * INTERLEAVED_Q4_1_BYTES;
-    let weight_bytes = n * blocks * std::mem::size_of::<BlockQ4_1>();
-    let pairs = n.div_ceil(16);
-    // SAFETY (both branches): `supported()` (asserted above). Pair `p` covers weight rows
-    // `16p..16p + width` (`width` 16, or 8 for a last single panel, whose upper lanes read the
-    // same panel again), so every weight read lies within the `n * blocks` blocks of `xs`, and
-    // `next` within them too; every input read lies within the first `m` rows; every write goes
-    // to rows below `m` and the columns `16p..16p + width` of `dst`, which only this pair's task
-    // writes.
     if m < REPACK_MIN_ROWS {
-        (0..pairs)
-            .into_par_iter()
-            .with_min_len(8)
-            .with_max_len(32)
-            .for_each(|pair| unsafe {
-                let (base, out) = (xs.as_ptr() as *const u8, &out);
-                let first = pair * 16;
-                let width = 16.min(n - first);
-                let low = base.add(pair * 2 * panel_bytes);
-                let high = if width == 16 {
-                    low.add(panel_bytes)
-                } else {
-                    low
-                };
-                let next_at = (pair + 1) * 2 * panel_bytes;
-                let next_bytes = weight_bytes.saturating_sub(next_at).min(2 * panel_bytes);
-                let next = base.add(next_at.min(weight_bytes));
-                let columns = if width == 16 { 0xFFFF } else { 0x00FF };
-                let mut row = 0;
-                while row < m {
-                    let (ys, ys_d, ys_s) = (
-                        ys.as_ptr().add(row * blocks),
-                        ys_d.as_ptr().add(row * blocks),
-                        ys_s.as_ptr().add(row * blocks),
-                    );
-                    let next_bytes = if row == 0 { next_bytes } else { 0 };
-                    let dst = out.0.add(row * n + first);
-                    let weights = Panels {
-                        low,
-                        high,
-                        next,
-                        next_bytes,
-                    };
-                    macro_rules! pass {
-                        ($r:literal) => {{
-                            direct::<$r>(blocks, &weights, ys, ys_d, ys_s, dst, n, columns);
-                            $r
-                        }};
-                    }
-                    row += match m - row {
-                        1 => pass!(1),
-                        2 => pass!(2),
-                        3 => pass!(3),
-                        _ => pass!(4),
-                    };
-                }
-            });
+        let inputs = Q4_1Inputs {
+            blocks,
+            ys,
+            ys_d,
+            ys_s,
+        };
+        direct_pairs((m, n), weight_bytes(xs), panel_bytes, &inputs, dst);
         return;
     }
-    (0..pairs).into_par_iter().for_each_init(
+    let out = Dst(dst.as_mut_ptr());
+    // SAFETY: `supported()` (asserted above). Pair `p` covers weight rows `16p..16p + width`
+    // (`width` 16, or 8 for a last single panel, whose upper lanes are zeros), so every weight
+    // read lies within the `n * blocks` blocks of `xs`; every input read lies within the first
+    // `m` rows; every write goes to rows below `m` and the columns `16p..16p + width` of `dst`,
+    // which only this pair's task writes.
+    (0..n.div_ceil(16)).into_par_iter().for_each_init(
         || vec![[0u8; 64]; blocks * PREPARED_BYTES / 64],
         |prepared, pair| unsafe {
             let (base, out) = (xs.as_ptr() as *const u8, &out);
@@ -186,6 +144,167 @@ pub(crate) fn matmul_q4_1x16(
             }
         },
     );
+}
+
+/// The `m` x `n` product of Q8_0 input rows `ys` (`k / 32` blocks each; `ys_d` their blocks'
+/// `d` as f32, `ys_bias` 128 times the sums of their blocks' values) with the `n` interleaved
+/// Q8_0 weight rows `xs` (item 14, `n` a multiple of eight) into `dst` (`m` rows of `n`): the
+/// output layer of a decoding step, one input row per sequence, so always read where the
+/// weights lie.
+///
+/// # Panics
+/// If `supported()` is false, or the slices are shorter than the shapes say.
+pub(crate) fn matmul_q8_0x16(
+    (m, k, n): (usize, usize, usize),
+    xs: &[BlockQ8_0],
+    ys: &[BlockQ8_0],
+    ys_d: &[f32],
+    ys_bias: &[i32],
+    dst: &mut [f32],
+) {
+    assert!(supported(), "AVX-512 Q8_0 matmul without AVX-512 VNNI");
+    let blocks = k / QK8_0;
+    assert!(k == blocks * QK8_0 && n.is_multiple_of(8));
+    assert!(xs.len() >= n * blocks && dst.len() >= m * n);
+    assert!(ys.len() >= m * blocks && ys_d.len() >= m * blocks && ys_bias.len() >= m * blocks);
+    PRODUCTS.fetch_add(1, Relaxed);
+    let inputs = Q8_0Inputs {
+        blocks,
+        ys,
+        ys_d,
+        ys_bias,
+    };
+    let panel_bytes = blocks * INTERLEAVED_Q8_0_BYTES;
+    direct_pairs((m, n), weight_bytes(xs), panel_bytes, &inputs, dst);
+}
+
+/// The bytes of the weight blocks `xs`.
+fn weight_bytes<T>(xs: &[T]) -> &[u8] {
+    // SAFETY: the block types are `repr(C)` plain data without padding; the slice covers exactly
+    // the blocks' bytes, borrowed as long as `xs`.
+    unsafe { std::slice::from_raw_parts(xs.as_ptr() as *const u8, std::mem::size_of_val(xs)) }
+}
+
+/// Input rows that meet two interleaved panels read where they lie: `pass` computes `R` of
+/// them, from input row `row`, and writes the lanes of `columns` of their outputs to `dst` (row
+/// stride `stride`).
+trait PairInputs: Sync {
+    /// # Safety
+    /// `supported()`; `weights` valid for the rows' blocks; rows `row..row + R` exist; `dst`
+    /// valid for `R` rows of the lanes of `columns`.
+    unsafe fn pass<const R: usize>(
+        &self,
+        row: usize,
+        weights: &Panels,
+        dst: *mut f32,
+        stride: usize,
+        columns: u16,
+    );
+}
+
+/// The `m` x `n` product of `inputs` with the weight rows whose interleaved panels of eight are
+/// `weights` (`panel_bytes` each, `n` a multiple of eight) into `dst`: a task per run of pairs
+/// of panels, each pair meeting the input rows up to four at a time; a pair's first pass
+/// requests the next pair from memory.
+fn direct_pairs<K: PairInputs>(
+    (m, n): (usize, usize),
+    weights: &[u8],
+    panel_bytes: usize,
+    inputs: &K,
+    dst: &mut [f32],
+) {
+    assert!(n.is_multiple_of(8) && weights.len() >= n / 8 * panel_bytes && dst.len() >= m * n);
+    let out = Dst(dst.as_mut_ptr());
+    let total = n / 8 * panel_bytes;
+    // SAFETY: `supported()` (the callers assert it). Pair `p` covers weight rows `16p..16p +
+    // width` (`width` 16, or 8 for a last single panel, whose upper lanes read the same panel
+    // again and are not written), so every weight read lies within `total` bytes of `weights`,
+    // and `next` too; the callers' inputs have `m` rows; every write goes to rows below `m` and
+    // the columns `16p..16p + width` of `dst`, which only this pair's task writes.
+    (0..n.div_ceil(16))
+        .into_par_iter()
+        .with_min_len(8)
+        .with_max_len(32)
+        .for_each(|pair| unsafe {
+            let (base, out) = (weights.as_ptr(), &out);
+            let first = pair * 16;
+            let width = 16.min(n - first);
+            let low = base.add(pair * 2 * panel_bytes);
+            let high = if width == 16 { low.add(panel_bytes) } else { low };
+            let next_at = ((pair + 1) * 2 * panel_bytes).min(total);
+            let columns = if width == 16 { 0xFFFF } else { 0x00FF };
+            let mut row = 0;
+            while row < m {
+                let weights = Panels {
+                    low,
+                    high,
+                    next: base.add(next_at),
+                    next_bytes: if row == 0 { (total - next_at).min(2 * panel_bytes) } else { 0 },
+                };
+                let dst = out.0.add(row * n + first);
+                macro_rules! pass {
+                    ($r:literal) => {{
+                        inputs.pass::<$r>(row, &weights, dst, n, columns);
+                        $r
+                    }};
+                }
+                row += match m - row {
+                    1 => pass!(1),
+                    2 => pass!(2),
+                    3 => pass!(3),
+                    _ => pass!(4),
+                };
+            }
+        });
+}
+
+/// Q8_1 input rows for `direct`, with their blocks' `d` and `s` as f32.
+struct Q4_1Inputs<'a> {
+    blocks: usize,
+    ys: &'a [BlockQ8_1],
+    ys_d: &'a [f32],
+    ys_s: &'a [f32],
+}
+
+impl PairInputs for Q4_1Inputs<'_> {
+    unsafe fn pass<const R: usize>(
+        &self,
+        row: usize,
+        weights: &Panels,
+        dst: *mut f32,
+        stride: usize,
+        columns: u16,
+    ) {
+        let at = row * self.blocks;
+        let (ys, ys_d, ys_s) = (self.ys.as_ptr(), self.ys_d.as_ptr(), self.ys_s.as_ptr());
+        let (ys, ys_d, ys_s) = (ys.add(at), ys_d.add(at), ys_s.add(at));
+        direct::<R>(self.blocks, weights, ys, ys_d, ys_s, dst, stride, columns);
+    }
+}
+
+/// Q8_0 input rows for `direct_q8_0`, with their blocks' `d` as f32 and 128 times the sums of
+/// their values.
+struct Q8_0Inputs<'a> {
+    blocks: usize,
+    ys: &'a [BlockQ8_0],
+    ys_d: &'a [f32],
+    ys_bias: &'a [i32],
+}
+
+impl PairInputs for Q8_0Inputs<'_> {
+    unsafe fn pass<const R: usize>(
+        &self,
+        row: usize,
+        weights: &Panels,
+        dst: *mut f32,
+        stride: usize,
+        columns: u16,
+    ) {
+        let at = row * self.blocks;
+        let (ys, ys_d, bias) = (self.ys.as_ptr(), self.ys_d.as_ptr(), self.ys_bias.as_ptr());
+        let (ys, ys_d, bias) = (ys.add(at), ys_d.add(at), bias.add(at));
+        direct_q8_0::<R>(self.blocks, weights, ys, ys_d, bias, dst, stride, columns);
+    }
 }
 
 /// Two interleaved panels of eight weight rows read where they lie (`low` and `high`, `blocks`
@@ -324,5 +443,68 @@ unsafe fn scale<const R: usize>(
         let d = _mm512_mul_ps(wd, _mm512_set1_ps(*ys_d.add(r * blocks)));
         *acc = _mm512_fmadd_ps(q, d, *acc);
         *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(*ys_s.add(r * blocks)), *acc);
+    }
+}
+
+/// `R` Q8_0 input rows times the 16 interleaved Q8_0 weight rows of `weights` (item 14): per
+/// block, each of the panels' eight words (values `4g..4g + 4` of each row) joined across the
+/// two panels, plus 128 so that `vpdpbusd` can take them as unsigned bytes, meets the input
+/// row's four values broadcast to every lane; 128 times the input block's sum comes off
+/// (`ys_bias`), then `acc = fma(sum, d_w * d_y, acc)`: per lane what `avx::q8_0_block` does, so
+/// the same bits. Writes as `direct` does.
+///
+/// # Safety
+/// `supported()`; `weights` valid for `blocks` block columns each and `next_bytes` bytes; `ys`,
+/// `ys_d` and `ys_bias` for `R` rows of `blocks` blocks; `dst` for `R` rows of the lanes of
+/// `columns`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn direct_q8_0<const R: usize>(
+    blocks: usize,
+    weights: &Panels,
+    ys: *const BlockQ8_0,
+    ys_d: *const f32,
+    ys_bias: *const i32,
+    dst: *mut f32,
+    stride: usize,
+    columns: u16,
+) {
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let lines_per_block = weights.next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+    for b in 0..blocks {
+        for line in b * lines_per_block..(b + 1) * lines_per_block {
+            if line * 64 < weights.next_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(weights.next.add(line * 64) as *const i8);
+            }
+        }
+        let l = weights.low.add(b * INTERLEAVED_Q8_0_BYTES);
+        let h = weights.high.add(b * INTERLEAVED_Q8_0_BYTES);
+        let wd = _mm512_cvtph_ps(_mm256_loadu2_m128i(
+            h as *const __m128i,
+            l as *const __m128i,
+        ));
+        let mut sums = [_mm512_setzero_si512(); R];
+        for g in 0..8 {
+            let at = 16 + 32 * g;
+            let lower = _mm256_loadu_si256(l.add(at) as *const __m256i);
+            let upper = _mm256_loadu_si256(h.add(at) as *const __m256i);
+            let word = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lower), upper);
+            let unsigned = _mm512_xor_si512(word, flip);
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let y = (*ys.add(r * blocks + b)).qs.as_ptr().add(4 * g);
+                let y = _mm512_set1_epi32((y as *const i32).read_unaligned());
+                *sum = _mm512_dpbusd_epi32(*sum, unsigned, y);
+            }
+        }
+        for (r, (acc, sum)) in acc.iter_mut().zip(sums).enumerate() {
+            let sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(*ys_bias.add(r * blocks + b)));
+            let q = _mm512_cvtepi32_ps(sum);
+            let d = _mm512_mul_ps(wd, _mm512_set1_ps(*ys_d.add(r * blocks + b)));
+            *acc = _mm512_fmadd_ps(q, d, *acc);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(dst.add(r * stride), columns, *acc);
     }
 }

@@ -848,7 +848,7 @@ impl GgmlType for BlockQ8_0 {
         ys: &[Self::VecDotType],
         dst: &mut [f32],
     ) -> bool {
-        matmul_panels_q8_0(mkn, xs, ys, dst);
+        matmul_panels_q8_0(mkn, xs, ys, dst, false);
         true
     }
 
@@ -2594,7 +2594,7 @@ pub fn matmul<T: GgmlType>(
 /// where `vnni()` says so, and compute each output by the same operations, so which one runs
 /// (and which rows share a pass) changes no result. The input rows' block scales are converted
 /// to f32 once, before the parallel part. With `interleaved`, `xs` holds the weight rows as
-/// `InterleavedQ4_1` lays them out (item 11; `n` a multiple of eight), which the direct kernel
+/// `Interleaved<BlockQ4_1>` lays them out (item 11; `n` a multiple of eight), which the direct kernel
 /// reads without transposing (`avx::gemm_q4_1x8_q8_1_direct`) and the repacked branch unpacks
 /// (`avx::pack_q4_1x8_interleaved`); the results are the same. Interleaved weights take AMX
 /// from `AMX_MIN_ROWS` input rows (item 12) and otherwise, where the CPU has AVX-512 VNNI, the
@@ -2761,7 +2761,7 @@ struct Q4_1Rows<'a> {
     ys_d: &'a [f32],
     ys_s: &'a [f32],
     vnni: bool,
-    /// The weights are laid out as `InterleavedQ4_1` (item 11).
+    /// The weights are laid out as `Interleaved<BlockQ4_1>` (item 11).
     interleaved: bool,
 }
 
@@ -2809,6 +2809,8 @@ struct Q8_0Rows<'a> {
     ys_d: &'a [f32],
     ys_bias: &'a [i32],
     vnni: bool,
+    /// The weights are laid out as `Interleaved<BlockQ8_0>` (item 14).
+    interleaved: bool,
 }
 
 #[cfg(target_feature = "avx2")]
@@ -2823,10 +2825,21 @@ impl DirectPanels for Q8_0Rows<'_> {
         width: usize,
         next: &[BlockQ8_0],
     ) -> [[f32; 8]; R] {
-        use super::avx::{gemm_q8_0_q8_0_direct, gemm_q8_0_q8_0_direct_vnni};
+        use super::avx::{
+            gemm_q8_0_q8_0_direct, gemm_q8_0_q8_0_direct_vnni, gemm_q8_0x8_q8_0_direct,
+            gemm_q8_0x8_q8_0_direct_vnni,
+        };
         let at = row * self.blocks..;
         let (ys, ys_d, bias) = (&self.ys[at.clone()], &self.ys_d[at.clone()], &self.ys_bias[at]);
-        if self.vnni {
+        if self.interleaved {
+            debug_assert_eq!(width, 8);
+            if self.vnni {
+                // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
+                unsafe { gemm_q8_0x8_q8_0_direct_vnni::<R>(self.blocks, xs, ys, ys_d, bias, next) }
+            } else {
+                gemm_q8_0x8_q8_0_direct::<R, false>(self.blocks, xs, ys, ys_d, bias, next)
+            }
+        } else if self.vnni {
             // SAFETY: `vnni()` checked that the CPU has AVX-512 VNNI and VL.
             unsafe { gemm_q8_0_q8_0_direct_vnni::<R>(self.blocks, xs, width, ys, ys_d, bias, next) }
         } else {
@@ -2846,7 +2859,9 @@ fn matmul_panels_q8_0(
     xs: &[BlockQ8_0],
     ys: &[BlockQ8_0],
     dst: &mut [f32],
+    interleaved: bool,
 ) {
+    assert!(!interleaved || n.is_multiple_of(8));
     let blocks = k.div_ceil(QK8_0);
     assert!(ys.len() >= m * blocks);
     let ys = &ys[..m * blocks];
@@ -2855,12 +2870,21 @@ fn matmul_panels_q8_0(
         .iter()
         .map(|y| 128 * y.qs.iter().map(|&q| i32::from(q)).sum::<i32>())
         .collect();
+    let vnni = vnni();
+    // aiaas patch (item 14): interleaved weights on 512-bit vectors, 16 weight rows per vector,
+    // where the CPU has AVX-512 VNNI (and `AIAAS_VNNI` allows it): the same bits.
+    #[cfg(target_arch = "x86_64")]
+    if interleaved && vnni && super::avx512::avx512() {
+        super::avx512::matmul_q8_0x16((m, k, n), xs, ys, &ys_d, &ys_bias, dst);
+        return;
+    }
     let rows = Q8_0Rows {
         blocks,
         ys,
         ys_d: &ys_d,
         ys_bias: &ys_bias,
-        vnni: vnni(),
+        vnni,
+        interleaved,
     };
     direct_panels((m, n, blocks), xs, dst, &rows);
 }
@@ -2874,105 +2898,80 @@ fn matmul_panels_q8_0(
 #[cfg(target_feature = "avx2")]
 const REPACK_MIN_ROWS: usize = 48;
 
-/// aiaas patch (item 12): the fewest input rows that `InterleavedQ4_1::matmul_t` quantizes in
+/// aiaas patch (item 12): the fewest input rows that `Interleaved<BlockQ4_1>` products quantize in
 /// parallel.
 #[cfg(target_feature = "avx2")]
 const PARALLEL_QUANTIZE_MIN_ROWS: usize = 16;
 
-/// aiaas patch (item 11): Q4_1 weight rows (`rows`, a multiple of eight, of `blocks` blocks)
+/// aiaas patch (items 11 and 14): weight rows (`rows`, a multiple of eight, of `blocks` blocks)
 /// stored interleaved by panels of eight, for the panel kernels: panel after panel, and within a
-/// panel block column after block column, each in the room of eight blocks
-/// (`avx::INTERLEAVED_Q4_1_BYTES`: the eight rows' `d`, their `m`, then four words of 32 bytes,
-/// word `g` holding bytes `4g..4g + 4` of each row's values). The direct kernel then loads what
-/// it used to assemble from eight rows with shuffles (most of its instructions at one input
-/// row), and the memory is the same. `dtype()` stays Q4_1; `as_ptr` / `QTensor::data` give the
-/// interleaved bytes, so such a tensor is for the CPU matmul (see `interleave_q4_1`);
-/// `dequantize` gives the weights.
+/// panel block column after block column, each in the room of eight blocks, as the block type
+/// lays it out (`InterleavedBlock`). Q4_1 (item 11, `avx::INTERLEAVED_Q4_1_BYTES`): the eight
+/// rows' `d`, their `m`, then four words of 32 bytes, word `g` holding bytes `4g..4g + 4` of
+/// each row's values. Q8_0 (item 14, `avx::INTERLEAVED_Q8_0_BYTES`): the eight rows' `d`, then
+/// eight words of 32 bytes, word `g` holding values `4g..4g + 4` of each row. The direct kernels
+/// then load what they used to assemble from eight rows with shuffles (most of their
+/// instructions at one input row), and the memory is the same. `dtype()` stays the block
+/// type's; `as_ptr` / `QTensor::data` give the interleaved bytes, so such a tensor is for the
+/// CPU matmul (see `interleave_panels`); `dequantize` gives the weights.
 #[cfg(target_feature = "avx2")]
-pub(crate) struct InterleavedQ4_1 {
-    slots: Vec<BlockQ4_1>,
+pub(crate) struct Interleaved<T> {
+    slots: Vec<T>,
     rows: usize,
     blocks: usize,
 }
 
+/// aiaas patch (items 11 and 14): a block type whose weight rows `Interleaved` stores: where the
+/// block of row `j` of a panel goes in the room of eight blocks of a block column, and how
+/// interleaved weights meet f32 input rows.
 #[cfg(target_feature = "avx2")]
-impl InterleavedQ4_1 {
-    pub(crate) fn new(plain: &[BlockQ4_1], rows: usize, blocks: usize) -> Self {
-        assert!(rows.is_multiple_of(8) && plain.len() == rows * blocks);
-        let mut slots = plain.to_vec();
-        let size = std::mem::size_of::<BlockQ4_1>();
-        // SAFETY: `BlockQ4_1` is `repr(C)` plain data (two f16 and 16 bytes, no padding), so its
-        // slots may be written as bytes; the slice covers exactly the vector's blocks.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(slots.as_mut_ptr() as *mut u8, slots.len() * size)
-        };
-        for (p, panel) in plain.chunks_exact(8 * blocks).enumerate() {
-            for b in 0..blocks {
-                let at = (p * blocks + b) * 8 * size;
-                let column = &mut bytes[at..at + 8 * size];
-                for j in 0..8 {
-                    let x = &panel[j * blocks + b];
-                    column[2 * j..2 * j + 2].copy_from_slice(&x.d.to_bits().to_le_bytes());
-                    column[16 + 2 * j..18 + 2 * j].copy_from_slice(&x.m.to_bits().to_le_bytes());
-                    for g in 0..4 {
-                        let at = 32 + 32 * g + 4 * j;
-                        column[at..at + 4].copy_from_slice(&x.qs[4 * g..4 * g + 4]);
-                    }
-                }
-            }
-        }
-        Self {
-            slots,
-            rows,
-            blocks,
-        }
-    }
-
-    /// The weight rows as plain Q4_1 blocks.
-    pub(crate) fn plain(&self) -> Vec<BlockQ4_1> {
-        let size = std::mem::size_of::<BlockQ4_1>();
-        // SAFETY: as in `new`, read only.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(self.slots.as_ptr() as *const u8, self.slots.len() * size)
-        };
-        let mut plain = self.slots.clone();
-        for (p, panel) in plain.chunks_exact_mut(8 * self.blocks).enumerate() {
-            for b in 0..self.blocks {
-                let at = (p * self.blocks + b) * 8 * size;
-                let column = &bytes[at..at + 8 * size];
-                for j in 0..8 {
-                    let x = &mut panel[j * self.blocks + b];
-                    x.d = f16::from_bits(u16::from_le_bytes([column[2 * j], column[2 * j + 1]]));
-                    x.m = f16::from_bits(u16::from_le_bytes([column[16 + 2 * j], column[17 + 2 * j]]));
-                    for g in 0..4 {
-                        let at = 32 + 32 * g + 4 * j;
-                        x.qs[4 * g..4 * g + 4].copy_from_slice(&column[at..at + 4]);
-                    }
-                }
-            }
-        }
-        plain
-    }
+pub(crate) trait InterleavedBlock: GgmlType + 'static {
+    /// The environment variable that, `off`, keeps such weights as stored.
+    const SWITCH: &'static str;
+    /// Writes `x`, the block of row `j` (`0..8`), to its places in `column`.
+    fn place(x: &Self, j: usize, column: &mut [u8]);
+    /// Reads the block of row `j` back from `column`.
+    fn take(column: &[u8], j: usize) -> Self;
+    /// The `m` x `n` product of the f32 rows `lhs` (`k` values each) with the `n` interleaved
+    /// weight rows `xs` into `dst`.
+    fn matmul_interleaved(mkn: (usize, usize, usize), xs: &[Self], lhs: &[f32], dst: &mut [f32]);
+    /// Matrices of this type interleaved so far in this process (`interleave_panels`).
+    fn interleaved() -> &'static std::sync::atomic::AtomicUsize;
 }
 
 #[cfg(target_feature = "avx2")]
-impl super::QuantizedType for InterleavedQ4_1 {
-    fn dtype(&self) -> GgmlDType {
-        GgmlDType::Q4_1
+impl InterleavedBlock for BlockQ4_1 {
+    const SWITCH: &'static str = "AIAAS_INTERLEAVED_Q4_1";
+
+    fn place(x: &Self, j: usize, column: &mut [u8]) {
+        column[2 * j..2 * j + 2].copy_from_slice(&x.d.to_bits().to_le_bytes());
+        column[16 + 2 * j..18 + 2 * j].copy_from_slice(&x.m.to_bits().to_le_bytes());
+        for g in 0..4 {
+            let at = 32 + 32 * g + 4 * j;
+            column[at..at + 4].copy_from_slice(&x.qs[4 * g..4 * g + 4]);
+        }
     }
 
-    fn matmul_t(&self, (m, k, n): (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()> {
+    fn take(column: &[u8], j: usize) -> Self {
+        let mut qs = [0u8; QK4_1 / 2];
+        for g in 0..4 {
+            let at = 32 + 32 * g + 4 * j;
+            qs[4 * g..4 * g + 4].copy_from_slice(&column[at..at + 4]);
+        }
+        Self {
+            d: f16::from_bits(u16::from_le_bytes([column[2 * j], column[2 * j + 1]])),
+            m: f16::from_bits(u16::from_le_bytes([column[16 + 2 * j], column[17 + 2 * j]])),
+            qs,
+        }
+    }
+
+    fn matmul_interleaved(
+        (m, k, n): (usize, usize, usize),
+        xs: &[Self],
+        lhs: &[f32],
+        dst: &mut [f32],
+    ) {
         let blocks = k / QK4_1;
-        if k != blocks * QK4_1 || blocks != self.blocks || n != self.rows || lhs.len() != m * k {
-            crate::bail!(
-                "interleaved Q4_1 matmul: {m} x {k} times {} x {} weights",
-                self.rows,
-                self.blocks * QK4_1
-            );
-        }
-        if dst.len() < m * n {
-            crate::bail!("interleaved Q4_1 matmul: {} outputs for {m} x {n}", dst.len());
-        }
         let mut lhs_b = vec![BlockQ8_1::zeros(); m * blocks];
         // aiaas patch (item 12): a prompt's rows are quantized in parallel (serially, they were
         // a tenth of a 150-row product on AMX); each row's blocks are the same either way.
@@ -2985,7 +2984,130 @@ impl super::QuantizedType for InterleavedQ4_1 {
                 BlockQ8_1::from_float(row, out);
             }
         }
-        matmul_panels_q4_1((m, k, n), &self.slots, &lhs_b, dst, true);
+        matmul_panels_q4_1((m, k, n), xs, &lhs_b, dst, true);
+    }
+
+    fn interleaved() -> &'static std::sync::atomic::AtomicUsize {
+        &INTERLEAVED_Q4_1
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl InterleavedBlock for BlockQ8_0 {
+    const SWITCH: &'static str = "AIAAS_INTERLEAVED_Q8_0";
+
+    fn place(x: &Self, j: usize, column: &mut [u8]) {
+        column[2 * j..2 * j + 2].copy_from_slice(&x.d.to_bits().to_le_bytes());
+        for g in 0..8 {
+            let at = 16 + 32 * g + 4 * j;
+            for (to, &v) in column[at..at + 4].iter_mut().zip(&x.qs[4 * g..4 * g + 4]) {
+                *to = v as u8;
+            }
+        }
+    }
+
+    fn take(column: &[u8], j: usize) -> Self {
+        let mut qs = [0i8; QK8_0];
+        for g in 0..8 {
+            let at = 16 + 32 * g + 4 * j;
+            for (to, &v) in qs[4 * g..4 * g + 4].iter_mut().zip(&column[at..at + 4]) {
+                *to = v as i8;
+            }
+        }
+        Self {
+            d: f16::from_bits(u16::from_le_bytes([column[2 * j], column[2 * j + 1]])),
+            qs,
+        }
+    }
+
+    fn matmul_interleaved(
+        (m, k, n): (usize, usize, usize),
+        xs: &[Self],
+        lhs: &[f32],
+        dst: &mut [f32],
+    ) {
+        let blocks = k / QK8_0;
+        let mut lhs_b = vec![BlockQ8_0::zeros(); m * blocks];
+        for (row, out) in lhs.chunks_exact(k).zip(lhs_b.chunks_exact_mut(blocks)) {
+            BlockQ8_0::from_float(row, out);
+        }
+        matmul_panels_q8_0((m, k, n), xs, &lhs_b, dst, true);
+    }
+
+    fn interleaved() -> &'static std::sync::atomic::AtomicUsize {
+        &INTERLEAVED_Q8_0
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl<T: InterleavedBlock> Interleaved<T> {
+    pub(crate) fn new(plain: &[T], rows: usize, blocks: usize) -> Self {
+        assert!(rows.is_multiple_of(8) && plain.len() == rows * blocks);
+        let mut slots = plain.to_vec();
+        let size = std::mem::size_of::<T>();
+        // SAFETY: the block types are `repr(C)` plain data (f16 scales and bytes, no padding),
+        // so their slots may be written as bytes; the slice covers exactly the vector's blocks.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(slots.as_mut_ptr() as *mut u8, slots.len() * size)
+        };
+        for (p, panel) in plain.chunks_exact(8 * blocks).enumerate() {
+            for b in 0..blocks {
+                let at = (p * blocks + b) * 8 * size;
+                let column = &mut bytes[at..at + 8 * size];
+                for j in 0..8 {
+                    T::place(&panel[j * blocks + b], j, column);
+                }
+            }
+        }
+        Self {
+            slots,
+            rows,
+            blocks,
+        }
+    }
+
+    /// The weight rows as plain blocks.
+    pub(crate) fn plain(&self) -> Vec<T> {
+        let size = std::mem::size_of::<T>();
+        // SAFETY: as in `new`, read only.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.slots.as_ptr() as *const u8, self.slots.len() * size)
+        };
+        let mut plain = self.slots.clone();
+        for (p, panel) in plain.chunks_exact_mut(8 * self.blocks).enumerate() {
+            for b in 0..self.blocks {
+                let at = (p * self.blocks + b) * 8 * size;
+                let column = &bytes[at..at + 8 * size];
+                for j in 0..8 {
+                    panel[j * self.blocks + b] = T::take(column, j);
+                }
+            }
+        }
+        plain
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl<T: InterleavedBlock> super::QuantizedType for Interleaved<T> {
+    fn dtype(&self) -> GgmlDType {
+        T::DTYPE
+    }
+
+    fn matmul_t(&self, (m, k, n): (usize, usize, usize), lhs: &[f32], dst: &mut [f32]) -> Result<()> {
+        let blocks = k / T::BLCK_SIZE;
+        if k != blocks * T::BLCK_SIZE || blocks != self.blocks || n != self.rows || lhs.len() != m * k
+        {
+            crate::bail!(
+                "interleaved {:?} matmul: {m} x {k} times {} x {} weights",
+                T::DTYPE,
+                self.rows,
+                self.blocks * T::BLCK_SIZE
+            );
+        }
+        if dst.len() < m * n {
+            crate::bail!("interleaved {:?} matmul: {} outputs for {m} x {n}", T::DTYPE, dst.len());
+        }
+        T::matmul_interleaved((m, k, n), &self.slots, lhs, dst);
         Ok(())
     }
 
@@ -3001,7 +3123,7 @@ impl super::QuantizedType for InterleavedQ4_1 {
 
     fn dequantize(&self, elem_count: usize) -> Result<super::CpuStorage> {
         let mut ys = vec![0f32; elem_count];
-        BlockQ4_1::to_float(&self.plain(), &mut ys);
+        T::to_float(&self.plain(), &mut ys);
         Ok(super::CpuStorage::F32(ys))
     }
 
@@ -3014,18 +3136,18 @@ impl super::QuantizedType for InterleavedQ4_1 {
     }
 
     fn block_size(&self) -> usize {
-        QK4_1
+        T::BLCK_SIZE
     }
 
     fn from_float(&mut self, xs: &[f32]) {
         let mut plain = self.plain();
-        BlockQ4_1::from_float(xs, &mut plain);
+        T::from_float(xs, &mut plain);
         *self = Self::new(&plain, self.rows, self.blocks);
     }
 
     fn from_float_imatrix(&mut self, xs: &[f32], imatrix_weights: &[f32], n_per_row: usize) {
         let mut plain = self.plain();
-        BlockQ4_1::from_float_imatrix(xs, &mut plain, imatrix_weights, n_per_row);
+        T::from_float_imatrix(xs, &mut plain, imatrix_weights, n_per_row);
         *self = Self::new(&plain, self.rows, self.blocks);
     }
 
@@ -3034,58 +3156,73 @@ impl super::QuantizedType for InterleavedQ4_1 {
     }
 }
 
-/// aiaas patch (item 11): Q4_1 weights interleaved so far (`interleave_q4_1`), for tests.
+/// aiaas patch (item 11): Q4_1 weights interleaved so far (`interleave_panels`), for tests.
 static INTERLEAVED_Q4_1: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// aiaas patch (item 11): how many Q4_1 weight matrices `interleave_q4_1` has interleaved in
+/// aiaas patch (item 14): Q8_0 weights interleaved so far (`interleave_panels`), for tests.
+static INTERLEAVED_Q8_0: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// aiaas patch (item 11): how many Q4_1 weight matrices `interleave_panels` has interleaved in
 /// this process.
 pub fn interleaved_q4_1_count() -> usize {
     INTERLEAVED_Q4_1.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// aiaas patch (item 11): `w` with its rows stored as `InterleavedQ4_1` where that applies (Q4_1
-/// on the CPU, built with AVX2, rows a multiple of eight, panel kernels on, and not
-/// `AIAAS_INTERLEAVED_Q4_1=off` in the environment); otherwise `w` as it is. For weights used
-/// only by the CPU matmul: the products are the same to the bit, but the tensor's raw bytes
-/// (`QTensor::data`) are the interleaved ones.
-pub fn interleave_q4_1(w: super::QTensor) -> Result<super::QTensor> {
+/// aiaas patch (item 14): how many Q8_0 weight matrices `interleave_panels` has interleaved in
+/// this process.
+pub fn interleaved_q8_0_count() -> usize {
+    INTERLEAVED_Q8_0.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// aiaas patch (items 11 and 14): `w` with its rows stored as `Interleaved` where that applies
+/// (Q4_1 or Q8_0 on the CPU, built with AVX2, rows a multiple of eight, panel kernels on, and not
+/// `AIAAS_INTERLEAVED_Q4_1=off` / `AIAAS_INTERLEAVED_Q8_0=off` in the environment); otherwise
+/// `w` as it is. For weights used only by the CPU matmul: the products are the same to the bit,
+/// but the tensor's raw bytes (`QTensor::data`) are the interleaved ones.
+pub fn interleave_panels(w: super::QTensor) -> Result<super::QTensor> {
     #[cfg(target_feature = "avx2")]
-    {
-        let dims = w.shape().dims().to_vec();
-        let (Some(&k), true) = (dims.last(), dims.len() >= 2) else {
-            return Ok(w);
-        };
-        let rows = w.shape().elem_count() / k.max(1);
-        let applies = w.dtype() == GgmlDType::Q4_1
-            && w.device().is_cpu()
-            && k.is_multiple_of(QK4_1)
-            && rows.is_multiple_of(8)
-            && rows > 0
-            && panel_kernels()
-            && !matches!(std::env::var("AIAAS_INTERLEAVED_Q4_1").as_deref(), Ok("off"));
-        if !applies {
-            return Ok(w);
-        }
-        let blocks = k / QK4_1;
-        let bytes = w.data()?;
-        if bytes.len() != rows * blocks * std::mem::size_of::<BlockQ4_1>() {
-            return Ok(w);
-        }
-        let mut plain = vec![BlockQ4_1::zeros(); rows * blocks];
-        // SAFETY: `BlockQ4_1` is `repr(C)` plain data of 20 bytes and `plain` has room for
-        // exactly `bytes.len()` bytes (checked above).
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), plain.as_mut_ptr() as *mut u8, bytes.len())
-        };
-        drop(bytes);
-        let shape = w.shape().clone();
-        drop(w);
-        let storage = super::QStorage::Cpu(Box::new(InterleavedQ4_1::new(&plain, rows, blocks)));
-        INTERLEAVED_Q4_1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        super::QTensor::new(storage, shape)
-    }
+    return match w.dtype() {
+        GgmlDType::Q4_1 => interleave::<BlockQ4_1>(w),
+        GgmlDType::Q8_0 => interleave::<BlockQ8_0>(w),
+        _ => Ok(w),
+    };
     #[cfg(not(target_feature = "avx2"))]
     Ok(w)
+}
+
+#[cfg(target_feature = "avx2")]
+fn interleave<T: InterleavedBlock>(w: super::QTensor) -> Result<super::QTensor> {
+    let dims = w.shape().dims().to_vec();
+    let (Some(&k), true) = (dims.last(), dims.len() >= 2) else {
+        return Ok(w);
+    };
+    let rows = w.shape().elem_count() / k.max(1);
+    let applies = w.device().is_cpu()
+        && k.is_multiple_of(T::BLCK_SIZE)
+        && rows.is_multiple_of(8)
+        && rows > 0
+        && panel_kernels()
+        && !matches!(std::env::var(T::SWITCH).as_deref(), Ok("off"));
+    if !applies {
+        return Ok(w);
+    }
+    let blocks = k / T::BLCK_SIZE;
+    let bytes = w.data()?;
+    if bytes.len() != rows * blocks * std::mem::size_of::<T>() {
+        return Ok(w);
+    }
+    let mut plain = vec![T::zeros(); rows * blocks];
+    // SAFETY: the block types are `repr(C)` plain data and `plain` has room for exactly
+    // `bytes.len()` bytes (checked above).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), plain.as_mut_ptr() as *mut u8, bytes.len())
+    };
+    drop(bytes);
+    let shape = w.shape().clone();
+    drop(w);
+    let storage = super::QStorage::Cpu(Box::new(Interleaved::new(&plain, rows, blocks)));
+    T::interleaved().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    super::QTensor::new(storage, shape)
 }
 
 /// aiaas patch: whether `matmul` runs through the panel kernels (`GgmlType::matmul_panels`):

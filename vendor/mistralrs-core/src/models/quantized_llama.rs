@@ -97,11 +97,12 @@ impl Projections {
     }
 }
 
-/// aiaas patch: a layer's quantized weight as a matmul. Q4_1 weights on the CPU are stored
-/// interleaved by eight rows for candle's panel kernels (`interleave_q4_1`, candle patch item
-/// 11; the same products to the bit, the same memory); other weights as they are.
+/// aiaas patch: a layer's quantized weight as a matmul. Q4_1 and Q8_0 weights (the output
+/// layer) on the CPU are stored interleaved by eight rows for candle's panel kernels
+/// (`interleave_panels`, candle patch items 11 and 14; the same products to the bit, the same
+/// memory); other weights as they are.
 fn gguf_matmul(w: QTensor) -> Result<Arc<dyn QuantMethod>> {
-    let w = candle_core::quantized::k_quants::interleave_q4_1(w)?;
+    let w = candle_core::quantized::k_quants::interleave_panels(w)?;
     Ok(Arc::new(GgufMatMul::new(QuantMethodConfig::Gguf {
         q_weight: Arc::new(w),
         b: None,
