@@ -230,7 +230,11 @@ fn direct_pairs<K: PairInputs>(
             let first = pair * 16;
             let width = 16.min(n - first);
             let low = base.add(pair * 2 * panel_bytes);
-            let high = if width == 16 { low.add(panel_bytes) } else { low };
+            let high = if width == 16 {
+                low.add(panel_bytes)
+            } else {
+                low
+            };
             let next_at = ((pair + 1) * 2 * panel_bytes).min(total);
             let columns = if width == 16 { 0xFFFF } else { 0x00FF };
             let mut row = 0;
@@ -239,7 +243,11 @@ fn direct_pairs<K: PairInputs>(
                     low,
                     high,
                     next: base.add(next_at),
-                    next_bytes: if row == 0 { (total - next_at).min(2 * panel_bytes) } else { 0 },
+                    next_bytes: if row == 0 {
+                        (total - next_at).min(2 * panel_bytes)
+                    } else {
+                        0
+                    },
                 };
                 let dst = out.0.add(row * n + first);
                 macro_rules! pass {
