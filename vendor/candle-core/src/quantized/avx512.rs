@@ -204,7 +204,7 @@ trait PairInputs: Sync {
 
 /// The `m` x `n` product of `inputs` with the weight rows whose interleaved panels of eight are
 /// `weights` (`panel_bytes` each, `n` a multiple of eight) into `dst`: a task per run of pairs
-/// of panels, each pair meeting the input rows up to four at a time; a pair's first pass
+/// of panels, each pair meeting the input rows up to eight at a time; a pair's first pass
 /// requests the next pair from memory.
 fn direct_pairs<K: PairInputs>(
     (m, n): (usize, usize),
@@ -260,7 +260,11 @@ fn direct_pairs<K: PairInputs>(
                     1 => pass!(1),
                     2 => pass!(2),
                     3 => pass!(3),
-                    _ => pass!(4),
+                    4 => pass!(4),
+                    5 => pass!(5),
+                    6 => pass!(6),
+                    7 => pass!(7),
+                    _ => pass!(8),
                 };
             }
         });
