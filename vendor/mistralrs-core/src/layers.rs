@@ -2302,6 +2302,25 @@ impl RotaryEmbedding {
             let q_embed = rope(&q.contiguous()?, &cos, &sin)?;
             let k_embed = rope(&k.contiguous()?, &cos, &sin)?;
             Ok((q_embed, k_embed))
+        } else if q.device().is_cpu() && seqlen_offsets.len() == b_sz && batched_rope() {
+            // aiaas patch (item 15): a batch whose sequences sit at different positions (a
+            // ragged decoding step, or prompts of one length) takes each sequence's rows of the
+            // cos and sin tables, stacked `(B, T, D / 2)`, and runs one rope per tensor, which
+            // candle-nn applies per batch entry. Upstream ran, per sequence, an index, a copy
+            // and two ropes, each a parallel loop over a few heads of 64 values, then
+            // concatenated the results: for eight sequences 480 parallel loops per step. Every
+            // element is the same product of the same values, so the same bits.
+            let rows = |table: &Tensor| -> Result<Tensor> {
+                let rows = seqlen_offsets
+                    .iter()
+                    .map(|&offset| table.narrow(0, offset, seq_len))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::stack(&rows, 0)
+            };
+            let (cos, sin) = (rows(&self.cos)?, rows(&self.sin)?);
+            let q_embed = rope(&q.contiguous()?, &cos, &sin)?;
+            let k_embed = rope(&k.contiguous()?, &cos, &sin)?;
+            Ok((q_embed, k_embed))
         } else {
             let mut q_embeds = Vec::new();
             let mut k_embeds = Vec::new();
@@ -2316,6 +2335,14 @@ impl RotaryEmbedding {
             Ok((Tensor::cat(&q_embeds, 0)?, Tensor::cat(&k_embeds, 0)?))
         }
     }
+}
+
+/// aiaas patch (item 15): whether `RotaryEmbedding::forward` ropes a batch of sequences at
+/// different positions in one call per tensor on the CPU; `AIAAS_BATCHED_ROPE=off` in the
+/// environment keeps upstream's loop over the sequences (for side-by-side runs). Read once.
+fn batched_rope() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("AIAAS_BATCHED_ROPE").map_or(true, |v| v != "off"))
 }
 
 /// GPT-OSS style rotary embedding with YARN scaling support.
