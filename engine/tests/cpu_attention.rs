@@ -7,12 +7,15 @@
 //! every activation dtype the engine uses on CPU (f32, f16, bf16). Prompts are checked on both
 //! prompt kernels: the tiled one (the default) and the one of one query row at a time. The
 //! MLP's activation (`mul_and_act`, SiLU of the gate times the up projection), which shares the
-//! attention's eight-lane `exp`, is checked here too.
+//! attention's eight-lane `exp`, is checked here too, and so is the CPU rope (`rope_i_lanes`,
+//! against candle-nn's `rope_i`, to the bit).
 
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{DType, Device, Tensor, D};
-use mistralrs_core::layers::{mul_and_act, set_prompt_tiles, Activation, Sdpa, SdpaParams};
+use mistralrs_core::layers::{
+    mul_and_act, rope_i_lanes, set_prompt_tiles, Activation, Sdpa, SdpaParams,
+};
 use std::sync::Mutex;
 
 mod common;
@@ -429,4 +432,65 @@ fn the_mlp_activation_on_strided_views() {
             }
         }
     }
+}
+
+/// `rope_i_lanes` (mistral.rs patch item 16) against candle-nn's `rope_i`, bit for bit, in f32
+/// and f16: one position per sequence with per-sequence tables (a ragged decoding step), a
+/// prompt with one table, per-sequence tables for prompts, and a head width whose pairs end in
+/// a partial group of four (the scalar tail). Inputs and angles span signs and magnitudes so
+/// that the f16 roundings of each product and sum are exercised.
+#[test]
+fn the_cpu_rope_is_candle_nns_to_the_bit() {
+    let values = |n: usize, salt: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = ((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+                x * (1.0 + (i % 13) as f32)
+            })
+            .collect()
+    };
+    let angles = |n: usize, salt: usize| -> (Vec<f32>, Vec<f32>) {
+        let a: Vec<f32> = (0..n).map(|i| (i * 31 + salt) as f32 * 0.173).collect();
+        (a.iter().map(|a| a.cos()).collect(), a.iter().map(|a| a.sin()).collect())
+    };
+    // (batch, heads, positions, head width, tables per batch entry)
+    let cases = [
+        (8, 9, 1, 64, true),
+        (1, 9, 37, 64, false),
+        (3, 3, 21, 64, true),
+        (2, 2, 5, 22, false),
+        (300, 9, 1, 64, true),
+    ];
+    for (salt, &(b, h, t, d, per_batch)) in cases.iter().enumerate() {
+        let xs = Tensor::from_vec(values(b * h * t * d, salt), (b, h, t, d), &Device::Cpu).unwrap();
+        let rows = if per_batch { b * t } else { t };
+        let (cos, sin) = angles(rows * d / 2, salt);
+        let shape: Vec<usize> = if per_batch { vec![b, t, d / 2] } else { vec![t, d / 2] };
+        let cos = Tensor::from_vec(cos, shape.as_slice(), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(sin, shape.as_slice(), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::F16] {
+            let (xs, cos, sin) = (
+                xs.to_dtype(dtype).unwrap(),
+                cos.to_dtype(dtype).unwrap(),
+                sin.to_dtype(dtype).unwrap(),
+            );
+            let want = candle_nn::rotary_emb::rope_i(&xs, &cos, &sin).unwrap();
+            let got = rope_i_lanes(&xs, &cos, &sin).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(got.dtype(), dtype);
+            let (got, want) = (flat_f32(&got), flat_f32(&want));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{dtype:?} {b}x{h}x{t}x{d} (tables per entry: {per_batch}): element {i} is {g}, candle-nn gives {w}"
+                );
+            }
+        }
+    }
+    // What it does not take, it refuses rather than computing something else.
+    let xs = Tensor::zeros((1, 2, 3, 8), DType::F32, &Device::Cpu).unwrap();
+    let short = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(rope_i_lanes(&xs, &short, &short).is_err());
+    let bf16 = Tensor::zeros((3, 4), DType::BF16, &Device::Cpu).unwrap();
+    assert!(rope_i_lanes(&xs.to_dtype(DType::BF16).unwrap(), &bf16, &bf16).is_err());
 }

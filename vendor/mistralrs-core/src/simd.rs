@@ -148,3 +148,115 @@ unsafe fn exp8(x: core::arch::x86_64::__m256) -> core::arch::x86_64::__m256 {
     )));
     _mm256_mul_ps(y, pow2n)
 }
+
+/// aiaas patch (item 16): one row of candle-nn's interleaved rope (`rope_i`): for each pair
+/// `p`, `dst[2p] = x0·c − x1·s` and `dst[2p + 1] = x0·s + x1·c` with `x0, x1 = src[2p],
+/// src[2p + 1]` and `c, s = cos[p], sin[p]`, each product and sum rounded to the element type
+/// as candle-nn's loop rounds it (an `f16` product is exact in `f32`, then rounded to `f16`;
+/// Rust forms no fused multiply-add), so the same bits. With AVX2 and F16C, four pairs per
+/// iteration: the row times the duplicated cosines, its pairs swapped times the duplicated
+/// sines, and `addsub` (even lanes subtract, odd lanes add).
+pub(crate) trait RopeRow: Copy + Send + Sync {
+    fn rope_row(src: &[Self], cos: &[Self], sin: &[Self], dst: &mut [Self]);
+}
+
+/// The scalar form of `RopeRow::rope_row` from pair `from` on, exactly candle-nn's expression.
+fn rope_pairs<T>(src: &[T], cos: &[T], sin: &[T], dst: &mut [T], from: usize)
+where
+    T: Copy + std::ops::Mul<Output = T> + std::ops::Add<Output = T> + std::ops::Sub<Output = T>,
+{
+    for p in from..src.len() / 2 {
+        let (x0, x1) = (src[2 * p], src[2 * p + 1]);
+        dst[2 * p] = x0 * cos[p] - x1 * sin[p];
+        dst[2 * p + 1] = x0 * sin[p] + x1 * cos[p];
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "f16c"
+))]
+mod rope_lanes {
+    use core::arch::x86_64::*;
+
+    /// Four cosines or sines, each twice: `[c0, c0, c1, c1, c2, c2, c3, c3]`.
+    #[inline]
+    pub(super) unsafe fn pairs(four: __m128) -> __m256 {
+        _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(four),
+            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+        )
+    }
+
+    /// The row's four pairs with each pair's two values swapped.
+    #[inline]
+    pub(super) unsafe fn swapped(x: __m256) -> __m256 {
+        _mm256_permute_ps::<0b10_11_00_01>(x)
+    }
+
+    /// `f32` rounded to `f16` and back (round to nearest even, as `half` converts).
+    #[inline]
+    pub(super) unsafe fn round_f16(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+}
+
+impl RopeRow for f32 {
+    fn rope_row(src: &[f32], cos: &[f32], sin: &[f32], dst: &mut [f32]) {
+        let half = src.len() / 2;
+        assert!(cos.len() >= half && sin.len() >= half && dst.len() >= 2 * half);
+        #[allow(unused_mut)]
+        let mut p = 0;
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "f16c"
+        ))]
+        // SAFETY: pairs `p..p + 4` lie below `half`: eight values of `src` and `dst` and four
+        // of `cos` and `sin` are in bounds (asserted above); AVX2 is enabled at compile time.
+        unsafe {
+            use core::arch::x86_64::*;
+            while p + 4 <= half {
+                let x = _mm256_loadu_ps(src.as_ptr().add(2 * p));
+                let c = rope_lanes::pairs(_mm_loadu_ps(cos.as_ptr().add(p)));
+                let s = rope_lanes::pairs(_mm_loadu_ps(sin.as_ptr().add(p)));
+                let xc = _mm256_mul_ps(x, c);
+                let xs = _mm256_mul_ps(rope_lanes::swapped(x), s);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(2 * p), _mm256_addsub_ps(xc, xs));
+                p += 4;
+            }
+        }
+        rope_pairs(src, cos, sin, dst, p);
+    }
+}
+
+impl RopeRow for half::f16 {
+    fn rope_row(src: &[Self], cos: &[Self], sin: &[Self], dst: &mut [Self]) {
+        let half = src.len() / 2;
+        assert!(cos.len() >= half && sin.len() >= half && dst.len() >= 2 * half);
+        #[allow(unused_mut)]
+        let mut p = 0;
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "f16c"
+        ))]
+        // SAFETY: as for `f32`, with halves: 16 bytes of `src` and `dst`, 8 of `cos` and `sin`;
+        // AVX2 and F16C are enabled at compile time.
+        unsafe {
+            use core::arch::x86_64::*;
+            while p + 4 <= half {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(2 * p) as *const __m128i));
+                let four = |t: &[Self]| _mm_cvtph_ps(_mm_loadl_epi64(t.as_ptr().add(p) as *const __m128i));
+                let (c, s) = (rope_lanes::pairs(four(cos)), rope_lanes::pairs(four(sin)));
+                let xc = rope_lanes::round_f16(_mm256_mul_ps(x, c));
+                let xs = rope_lanes::round_f16(_mm256_mul_ps(rope_lanes::swapped(x), s));
+                let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_addsub_ps(xc, xs));
+                _mm_storeu_si128(dst.as_mut_ptr().add(2 * p) as *mut __m128i, r);
+                p += 4;
+            }
+        }
+        rope_pairs(src, cos, sin, dst, p);
+    }
+}
