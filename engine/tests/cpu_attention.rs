@@ -451,7 +451,10 @@ fn the_cpu_rope_is_candle_nns_to_the_bit() {
     };
     let angles = |n: usize, salt: usize| -> (Vec<f32>, Vec<f32>) {
         let a: Vec<f32> = (0..n).map(|i| (i * 31 + salt) as f32 * 0.173).collect();
-        (a.iter().map(|a| a.cos()).collect(), a.iter().map(|a| a.sin()).collect())
+        (
+            a.iter().map(|a| a.cos()).collect(),
+            a.iter().map(|a| a.sin()).collect(),
+        )
     };
     // (batch, heads, positions, head width, tables per batch entry)
     let cases = [
@@ -465,7 +468,11 @@ fn the_cpu_rope_is_candle_nns_to_the_bit() {
         let xs = Tensor::from_vec(values(b * h * t * d, salt), (b, h, t, d), &Device::Cpu).unwrap();
         let rows = if per_batch { b * t } else { t };
         let (cos, sin) = angles(rows * d / 2, salt);
-        let shape: Vec<usize> = if per_batch { vec![b, t, d / 2] } else { vec![t, d / 2] };
+        let shape: Vec<usize> = if per_batch {
+            vec![b, t, d / 2]
+        } else {
+            vec![t, d / 2]
+        };
         let cos = Tensor::from_vec(cos, shape.as_slice(), &Device::Cpu).unwrap();
         let sin = Tensor::from_vec(sin, shape.as_slice(), &Device::Cpu).unwrap();
         for dtype in [DType::F32, DType::F16] {

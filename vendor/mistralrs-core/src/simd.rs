@@ -248,7 +248,8 @@ impl RopeRow for half::f16 {
             use core::arch::x86_64::*;
             while p + 4 <= half {
                 let x = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(2 * p) as *const __m128i));
-                let four = |t: &[Self]| _mm_cvtph_ps(_mm_loadl_epi64(t.as_ptr().add(p) as *const __m128i));
+                let four =
+                    |t: &[Self]| _mm_cvtph_ps(_mm_loadl_epi64(t.as_ptr().add(p) as *const __m128i));
                 let (c, s) = (rope_lanes::pairs(four(cos)), rope_lanes::pairs(four(sin)));
                 let xc = rope_lanes::round_f16(_mm256_mul_ps(x, c));
                 let xs = rope_lanes::round_f16(_mm256_mul_ps(rope_lanes::swapped(x), s));
