@@ -2345,20 +2345,25 @@ impl RotaryEmbedding {
     }
 }
 
+/// aiaas patch (items 15 and 16): whether the switch `var` is on: unless `var=off` is in the
+/// environment, read once into `cell`.
+fn switch_on(cell: &std::sync::OnceLock<bool>, var: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != "off"))
+}
+
 /// aiaas patch (item 15): whether `RotaryEmbedding::forward` ropes a batch of sequences at
-/// different positions in one call per tensor on the CPU; `AIAAS_BATCHED_ROPE=off` in the
-/// environment keeps upstream's loop over the sequences (for side-by-side runs). Read once.
+/// different positions in one call per tensor on the CPU; `AIAAS_BATCHED_ROPE=off` keeps
+/// upstream's loop over the sequences (for side-by-side runs).
 fn batched_rope() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("AIAAS_BATCHED_ROPE").map_or(true, |v| v != "off"))
+    switch_on(&ON, "AIAAS_BATCHED_ROPE")
 }
 
 /// aiaas patch (item 16): whether `RotaryEmbedding::forward` runs its interleaved rope through
-/// `rope_i_lanes` on the CPU; `AIAAS_ROPE_LANES=off` in the environment keeps candle-nn's
-/// `rope_i`. Read once.
+/// `rope_i_lanes` on the CPU; `AIAAS_ROPE_LANES=off` keeps candle-nn's `rope_i`.
 fn rope_lanes() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("AIAAS_ROPE_LANES").map_or(true, |v| v != "off"))
+    switch_on(&ON, "AIAAS_ROPE_LANES")
 }
 
 /// aiaas patch (item 16): candle-nn's interleaved rope (`rope_i`) for contiguous `f32` or `f16`
@@ -2381,26 +2386,15 @@ pub fn rope_i_lanes(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     ) -> Result<Tensor> {
         use rayon::prelude::*;
         let (b, h, t, d) = xs.dims4()?;
-        let (xs_guard, xs_layout) = xs.storage_and_layout();
-        let (cos_guard, cos_layout) = cos.storage_and_layout();
-        let (sin_guard, sin_layout) = sin.storage_and_layout();
-        fn slice<'a, T: candle_core::WithDType>(
-            storage: &'a candle_core::Storage,
-            layout: &candle_core::Layout,
-            len: usize,
-        ) -> Result<&'a [T]> {
-            match storage {
-                candle_core::Storage::Cpu(cpu) => {
-                    let all = cpu.as_slice::<T>()?;
-                    Ok(&all[layout.start_offset()..layout.start_offset() + len])
-                }
-                _ => candle_core::bail!("rope_i_lanes: expected CPU storage"),
-            }
-        }
+        let (xs_held, cos_held, sin_held) = (
+            xs.storage_and_layout(),
+            cos.storage_and_layout(),
+            sin.storage_and_layout(),
+        );
         let tables = if per_batch { b * t * d / 2 } else { t * d / 2 };
-        let src: &[T] = slice(&xs_guard, xs_layout, b * h * t * d)?;
-        let cos: &[T] = slice(&cos_guard, cos_layout, tables)?;
-        let sin: &[T] = slice(&sin_guard, sin_layout, tables)?;
+        let src = &crate::attention::cpu_slice::<T>(&xs_held)?[..b * h * t * d];
+        let cos = &crate::attention::cpu_slice::<T>(&cos_held)?[..tables];
+        let sin = &crate::attention::cpu_slice::<T>(&sin_held)?[..tables];
         let mut dst = vec![T::from_f64(0.0); src.len()];
         let row = |(r, (src, dst)): (usize, (&[T], &mut [T]))| {
             let (b_i, t_i) = (r / (h * t), r % t);
@@ -2416,7 +2410,6 @@ pub fn rope_i_lanes(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         } else {
             src.chunks(d).zip(dst.chunks_mut(d)).enumerate().for_each(&row);
         }
-        drop((xs_guard, cos_guard, sin_guard));
         Tensor::from_vec(dst, (b, h, t, d), xs.device())
     }
     let (b, _h, t, d) = xs.dims4()?;

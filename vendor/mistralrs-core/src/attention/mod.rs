@@ -5,6 +5,8 @@ use crate::{attention::backends::cpu, pipeline::text_models_inputs_processor::Fl
 use candle_core::{DType, Device, Result, Tensor};
 
 mod backends;
+// aiaas patch: the CPU storage accessor, shared with the CPU rope (`layers::rope_i_lanes`).
+pub(crate) use backends::cpu::cpu_slice;
 
 pub use backends::set_prompt_tiles;
 #[allow(unused)]

@@ -940,13 +940,14 @@ fn storages(ts: &[Tensor]) -> Vec<(std::sync::RwLockReadGuard<'_, Storage>, &can
     ts.iter().map(|t| t.storage_and_layout()).collect()
 }
 
-/// aiaas patch: a tensor's elements from its first, out of its held CPU storage.
-fn cpu_slice<'a, T: WithDType>(
+/// aiaas patch: a tensor's elements from its first, out of its held CPU storage (also used by
+/// the CPU rope, `layers::rope_i_lanes`).
+pub(crate) fn cpu_slice<'a, T: WithDType>(
     (guard, layout): &'a (std::sync::RwLockReadGuard<'_, Storage>, &candle_core::Layout),
 ) -> Result<&'a [T]> {
     match &**guard {
         Storage::Cpu(cpu) => Ok(&cpu.as_slice::<T>()?[layout.start_offset()..]),
-        _ => candle_core::bail!("ragged decode attention: expected CPU storage"),
+        _ => candle_core::bail!("expected a tensor in CPU storage"),
     }
 }
 
