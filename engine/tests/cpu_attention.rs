@@ -234,16 +234,19 @@ fn decoding_with_padding_masks_softcap_and_odd_head_sizes() {
         })
         .collect();
     let mask = Tensor::from_vec(data, (batch, 1, 1, kv_len), &Device::Cpu).unwrap();
-    check(&Case {
-        batch,
-        heads: 4,
-        kv_heads: 4,
-        q_len: 1,
-        kv_len,
-        head_dim: 36,
-        softcap: Some(5.0),
-        mask: Some(mask),
-    });
+    // 36 is scored one position at a time, 40 eight positions at a time (`lanes::dots8`).
+    for head_dim in [36, 40] {
+        check(&Case {
+            batch,
+            heads: 4,
+            kv_heads: 4,
+            q_len: 1,
+            kv_len,
+            head_dim,
+            softcap: Some(5.0),
+            mask: Some(mask.clone()),
+        });
+    }
 }
 
 #[test]

@@ -2347,7 +2347,7 @@ impl RotaryEmbedding {
 
 /// aiaas patch (items 15 and 16): whether the switch `var` is on: unless `var=off` is in the
 /// environment, read once into `cell`.
-fn switch_on(cell: &std::sync::OnceLock<bool>, var: &str) -> bool {
+pub(crate) fn switch_on(cell: &std::sync::OnceLock<bool>, var: &str) -> bool {
     *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != "off"))
 }
 

@@ -158,6 +158,38 @@ mod lanes {
         }
     }
 
+    /// `[q · k_0, …, q · k_7]` for eight consecutive rows of `k` (row `j` at `k[j·d..]`), `d` a
+    /// multiple of eight: each row's products go to lane `c mod 8` of its own accumulator (eight
+    /// independent chains), and the eight accumulators are summed horizontally together, three
+    /// `hadd`s deep, instead of one horizontal sum per row.
+    pub(super) fn dots8(q: &[f32], k: &[f32], d: usize) -> [f32; 8] {
+        assert!(d % 8 == 0 && q.len() >= d && k.len() >= 8 * d);
+        let mut out = [0f32; 8];
+        // SAFETY: Q loads read `q[c..c + 8]`, `c + 8 <= d`; K loads `k[j·d + c..][..8]`, `j < 8`,
+        // within `8·d`, both checked above; AVX2 and FMA are enabled at compile time.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..d).step_by(8) {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(j * d + c)), *a);
+                }
+            }
+            // [r0 01, r0 23, r1 01, r1 23 | r0 45, r0 67, r1 45, r1 67], and so on.
+            let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+            let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+            let s45 = _mm256_hadd_ps(acc[4], acc[5]);
+            let s67 = _mm256_hadd_ps(acc[6], acc[7]);
+            // [r0 0-3, r1 0-3, r2 0-3, r3 0-3 | r0 4-7, r1 4-7, r2 4-7, r3 4-7].
+            let s0123 = _mm256_hadd_ps(s01, s23);
+            let s4567 = _mm256_hadd_ps(s45, s67);
+            let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+            let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(lo, hi));
+        }
+        out
+    }
+
     /// `acc[..dv] += Σ_j p[j] · v[j·dv..][..dv]`, positions in order (zero weights, masked
     /// positions, skipped), each lane one fused multiply-add per position (as `axpy` per
     /// position would do), with the accumulators of 64 columns at a time held in registers
@@ -318,6 +350,21 @@ mod lanes {
         }
     }
 
+    /// `[q · k_0, …, q · k_7]` for eight consecutive rows of `k`, `d` a multiple of eight,
+    /// added as the AVX2 version adds them.
+    pub(super) fn dots8(q: &[f32], k: &[f32], d: usize) -> [f32; 8] {
+        assert!(d % 8 == 0 && q.len() >= d && k.len() >= 8 * d);
+        std::array::from_fn(|j| {
+            let mut acc = [0f32; 8];
+            for (x, y) in q[..d].chunks_exact(8).zip(k[j * d..(j + 1) * d].chunks_exact(8)) {
+                for l in 0..8 {
+                    acc[l] += x[l] * y[l];
+                }
+            }
+            ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        })
+    }
+
     /// `acc[..dv] += Σ_j p[j] · v[j·dv..][..dv]`, positions in order (zero weights skipped).
     pub(super) fn weighted_sum(p: &[f32], v: &[f32], dv: usize, acc: &mut [f32]) {
         for (j, &pj) in p.iter().enumerate() {
@@ -388,7 +435,12 @@ fn softmax_accumulate(scores: &[f32], v: &[f32], dv: usize, acc: &mut [f32], s: 
 /// aiaas patch: the logit of one query row against one key row.
 #[inline]
 fn logit(q: &[f32], k: &[f32], scale: f32, logit_softcap: f32) -> f32 {
-    let x = lanes::dot(q, k) * scale;
+    softcap(lanes::dot(q, k) * scale, logit_softcap)
+}
+
+/// aiaas patch: `x` soft-capped at `logit_softcap` (0: not capped).
+#[inline]
+fn softcap(x: f32, logit_softcap: f32) -> f32 {
     if logit_softcap != 0.0 {
         logit_softcap * (x / logit_softcap).tanh()
     } else {
@@ -765,6 +817,13 @@ struct DecodeSeq<'a, T> {
     kv_len: usize,
 }
 
+/// aiaas patch: whether `decode_attention` scores eight positions per horizontal sum
+/// (`lanes::dots8`); `AIAAS_DECODE_DOTS8=off` scores one at a time (for side-by-side runs).
+fn decode_dots8() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::layers::switch_on(&ON, "AIAAS_DECODE_DOTS8")
+}
+
 /// aiaas patch: query heads, key and value heads, and their widths.
 #[derive(Clone, Copy)]
 struct DecodeHeads {
@@ -782,7 +841,8 @@ const DECODE_CHUNK: usize = 64;
 /// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
 /// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
 /// from position 0). A task widens its chunk's K and V rows to `f32` once for the group, scores
-/// each head's query against them, takes the chunk's maximum, and sums the weighted V rows in
+/// each head's query against them (eight positions per horizontal sum, `lanes::dots8`, where
+/// the head width is a multiple of eight), takes the chunk's maximum, and sums the weighted V rows in
 /// registers (`lanes::weighted_sum`); the chunks of a head are then merged in order. Every
 /// output depends only on its own sequence's data (and mask), never on the other sequences nor
 /// on how many there are, so a sequence gets the same bits alone and batched. Returns `[seq]
@@ -827,6 +887,7 @@ where
     let mut part_s = vec![0f32; tasks.len() * group];
     let mut part_m = vec![f32::NEG_INFINITY; tasks.len() * group];
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
+    let dots8 = decode_dots8();
 
     in_attention_pool(|| {
         part_acc
@@ -870,14 +931,28 @@ where
                         let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
                         T::widen(&seq.q[q_base..q_base + d], qf);
                         let slope = slope(h_i);
-                        for (j, k_row) in kbuf[..n * d].chunks_exact(d).enumerate() {
+                        if dots8 && d % 8 == 0 {
+                            // Eight positions per horizontal sum; the rows past `n` in the last
+                            // block are scored too (`kbuf` holds `DECODE_CHUNK` rows) and
+                            // dropped, so a position's score does not depend on `kv_len`.
+                            for blk in (0..n).step_by(8) {
+                                let raw = lanes::dots8(qf, &kbuf[blk * d..], d);
+                                let end = n.min(blk + 8);
+                                scores[blk..end].copy_from_slice(&raw[..end - blk]);
+                            }
+                        } else {
+                            for (x, k_row) in scores.iter_mut().zip(kbuf[..n * d].chunks_exact(d)) {
+                                *x = lanes::dot(qf, k_row);
+                            }
+                        }
+                        for (j, x) in scores[..n].iter_mut().enumerate() {
                             let delta = mask
                                 .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
                                 .unwrap_or(0.0);
-                            scores[j] = if delta == f32::NEG_INFINITY {
+                            *x = if delta == f32::NEG_INFINITY {
                                 f32::NEG_INFINITY
                             } else {
-                                logit(qf, k_row, scale, logit_softcap) + delta
+                                softcap(*x * scale, logit_softcap) + delta
                             };
                         }
                         let m = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -1149,13 +1224,7 @@ impl PromptHead<'_> {
                         *p = if bias == f32::NEG_INFINITY {
                             f32::NEG_INFINITY
                         } else {
-                            let x = x * self.scale;
-                            let x = if self.logit_softcap != 0.0 {
-                                self.logit_softcap * (x / self.logit_softcap).tanh()
-                            } else {
-                                x
-                            };
-                            x + bias
+                            softcap(x * self.scale, self.logit_softcap) + bias
                         };
                     }
                 }
