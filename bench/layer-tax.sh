@@ -5,7 +5,7 @@
 #   auth+limits   the same with the ledger off
 #   bare          auth, limits and ledger off
 # at CONCURRENCY (default 1), REQUESTS requests of MAX_TOKENS (128) after one warm-up. The
-# servers are started afresh for each repetition, which begins with the next variant in turn.
+# servers are started afresh for each repetition, in turn, and it begins with the next variant.
 # Besides the load generator's table it prints each server's CPU time per request.
 #
 #   bench/layer-tax.sh        # prints a table of medians
@@ -50,9 +50,17 @@ declare -A PORT=([full]=18401 [auth+limits]=18402 [bare]=18403) PID=()
 # over all three variants instead of following one of them through the whole run.
 for rep in $(seq 1 "$REPS"); do
   dir=$WORK/rep$rep
-  start "$dir" full "${PORT[full]}"
-  start "$dir" auth+limits "${PORT[auth+limits]}" AIAAS__LEDGER__ENABLED=false
-  start "$dir" bare "${PORT[bare]}" AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false
+  # The servers start in the same rotation as the runs below, so that whatever the order of
+  # start does (which process loads the model first, where its memory lies) falls on each
+  # variant in turn; before, `full` always started first.
+  for i in 0 1 2; do
+    label=${LABELS[$(((rep - 1 + i) % 3))]}
+    case $label in
+      full) start "$dir" full "${PORT[full]}" ;;
+      auth+limits) start "$dir" auth+limits "${PORT[auth+limits]}" AIAAS__LEDGER__ENABLED=false ;;
+      bare) start "$dir" bare "${PORT[bare]}" AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false ;;
+    esac
+  done
   for label in full auth+limits; do
     "$WORK/aiaas-opt" tenant set-limits default --rpm 1000000 --tpm 1000000000 \
       --database-url "sqlite://$dir/$label/aiaas.db" >/dev/null
