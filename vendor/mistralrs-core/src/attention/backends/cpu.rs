@@ -351,7 +351,7 @@ mod lanes {
     }
 
     /// `[q · k_0, …, q · k_7]` for eight consecutive rows of `k`, `d` a multiple of eight,
-    /// added as the AVX2 version adds them.
+    /// summed in the AVX2 version's order (which fuses each multiply-add; this does not).
     pub(super) fn dots8(q: &[f32], k: &[f32], d: usize) -> [f32; 8] {
         assert!(d % 8 == 0 && q.len() >= d && k.len() >= 8 * d);
         std::array::from_fn(|j| {
@@ -842,8 +842,8 @@ const DECODE_CHUNK: usize = 64;
 /// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
 /// from position 0). A task widens its chunk's K and V rows to `f32` once for the group, scores
 /// each head's query against them (eight positions per horizontal sum, `lanes::dots8`, where
-/// the head width is a multiple of eight), takes the chunk's maximum, and sums the weighted V rows in
-/// registers (`lanes::weighted_sum`); the chunks of a head are then merged in order. Every
+/// the head width is a multiple of eight), takes the chunk's maximum, and sums the weighted V
+/// rows in registers (`lanes::weighted_sum`); the chunks of a head are then merged in order. Every
 /// output depends only on its own sequence's data (and mask), never on the other sequences nor
 /// on how many there are, so a sequence gets the same bits alone and batched. Returns `[seq]
 /// [head][dv]`.
