@@ -5,7 +5,9 @@
 //! query rows, a causal mask, a prompt continuing a cached prefix), with grouped-query heads,
 //! K/V read through a strided view of a larger cache, padding masks, logit soft-capping, and
 //! every activation dtype the engine uses on CPU (f32, f16, bf16). Prompts are checked on both
-//! prompt kernels: the tiled one (the default) and the one of one query row at a time. The
+//! prompt kernels: the tiled one (the default) and the one of one query row at a time; decoding
+//! steps on both decoding kernels where the CPU has AVX-512 (the 512-bit one, which reads `f16`
+//! caches where they lie, and the one that widens them). The
 //! MLP's activation (`mul_and_act`, SiLU of the gate times the up projection), which shares the
 //! attention's eight-lane `exp`, is checked here too, and so is the CPU rope (`rope_i_lanes`,
 //! against candle-nn's `rope_i`, to the bit).
@@ -14,7 +16,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use mistralrs_core::layers::{
-    mul_and_act, rope_i_lanes, set_prompt_tiles, Activation, Sdpa, SdpaParams,
+    decode_avx512, mul_and_act, rope_i_lanes, set_decode_avx512, set_prompt_tiles, Activation,
+    Sdpa, SdpaParams,
 };
 use std::sync::Mutex;
 
@@ -141,25 +144,36 @@ fn flat_f32(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
-/// Held while a test runs the attention: `set_prompt_tiles` switches the prompt kernel for the
-/// whole process, and each prompt case is checked on both kernels.
-static PROMPT_KERNEL: Mutex<()> = Mutex::new(());
+/// Held while a test runs the attention: `set_prompt_tiles` and `set_decode_avx512` switch a
+/// kernel for the whole process, and each case is checked on both kernels of its kind.
+static KERNELS: Mutex<()> = Mutex::new(());
+
+/// The kernel switches a case runs under: prompts (several query rows) on the tiled kernel and
+/// on the one-row kernel, decoding steps on the 512-bit kernel (where the CPU has AVX-512) and
+/// on the widening one. Each entry is `(prompt tiles, decode AVX-512)`.
+fn kernels(q_len: usize) -> Vec<(bool, bool)> {
+    if q_len > 1 {
+        vec![(true, true), (false, true)]
+    } else {
+        set_decode_avx512(true);
+        let mut kernels = vec![(true, false)];
+        if decode_avx512() {
+            kernels.insert(0, (true, true));
+        }
+        kernels
+    }
+}
 
 fn check(case: &Case) {
-    let _kernel = PROMPT_KERNEL.lock().unwrap_or_else(|e| e.into_inner());
-    // A prompt (several query rows) runs on the tiled kernel, and on the one-row kernel too.
-    let kernels: &[bool] = if case.q_len > 1 {
-        &[true, false]
-    } else {
-        &[true]
-    };
-    for &tiles in kernels {
+    let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    for (tiles, avx512) in kernels(case.q_len) {
         set_prompt_tiles(tiles);
+        set_decode_avx512(avx512);
         for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
             let diff = max_difference(case, dtype);
             assert!(
                 diff <= tolerance,
-                "{dtype:?}, prompt tiles {tiles}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
+                "{dtype:?}, prompt tiles {tiles}, decode AVX-512 {avx512}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
                 case.batch,
                 case.heads,
                 case.kv_heads,
@@ -170,6 +184,7 @@ fn check(case: &Case) {
         }
     }
     set_prompt_tiles(true);
+    set_decode_avx512(true);
 }
 
 fn causal_mask(q_len: usize, kv_len: usize) -> Tensor {
@@ -234,8 +249,9 @@ fn decoding_with_padding_masks_softcap_and_odd_head_sizes() {
         })
         .collect();
     let mask = Tensor::from_vec(data, (batch, 1, 1, kv_len), &Device::Cpu).unwrap();
-    // 36 is scored one position at a time, 40 eight positions at a time (`lanes::dots8`).
-    for head_dim in [36, 40] {
+    // 36 is scored one position at a time, 40 eight positions at a time (`lanes::dots8`), 48
+    // also on 512-bit vectors where the CPU has AVX-512 (`f16`).
+    for head_dim in [36, 40, 48] {
         check(&Case {
             batch,
             heads: 4,
@@ -334,10 +350,30 @@ fn a_long_prompt_without_a_mask() {
 /// alone, which matches the reference. Lengths cross the kernel's 64-position chunks; a head
 /// width of 20 takes the weighted sum's remainder path.
 #[test]
+fn decode_avx512_is_used_where_the_cpu_has_it() {
+    let Some(has) = common::cpu_has(&["avx512f"]) else {
+        return;
+    };
+    let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    set_decode_avx512(true);
+    assert_eq!(decode_avx512(), has, "AVX-512 F in /proc/cpuinfo: {has}");
+    set_decode_avx512(false);
+    assert!(!decode_avx512());
+    set_decode_avx512(true);
+}
+
+#[test]
 fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
     let device = Device::Cpu;
-    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3)] {
-        for (heads, kv_heads, d) in [(9, 3, 64), (4, 4, 20)] {
+    let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    for ((dtype, tolerance), (_, avx512)) in [(DType::F32, 1e-4), (DType::F16, 4e-3)]
+        .into_iter()
+        .flat_map(|t| kernels(1).into_iter().map(move |k| (t, k)))
+    {
+        set_decode_avx512(avx512);
+        // Groups of three heads (one pass of the 512-bit kernel), four (a pass of three and one
+        // of one), two, and heads of their own with a width that is not a multiple of 16.
+        for (heads, kv_heads, d) in [(9, 3, 64), (8, 2, 32), (6, 3, 48), (4, 4, 20)] {
             let lens = [5, 70, 131, 64];
             let tensor = |len: usize, heads: usize, seed: u64, capacity: usize| {
                 Tensor::from_vec(
@@ -381,7 +417,7 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                 let row = together.narrow(0, i, 1).unwrap();
                 assert!(
                     common::same_bits(&flat_f32(&row), &flat_f32(&alone)),
-                    "{dtype:?}, {heads} heads of {d}: sequence {i} ({len} positions) differs from its attention alone"
+                    "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} ({len} positions) differs from its attention alone"
                 );
                 let case = Case {
                     batch: 1,
@@ -397,7 +433,7 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                 let diff = max_abs_difference(&row, &expected);
                 assert!(
                     diff <= tolerance,
-                    "{dtype:?}, {heads} heads of {d}: sequence {i} is {diff} from the reference"
+                    "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} is {diff} from the reference"
                 );
             }
         }

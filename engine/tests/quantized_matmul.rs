@@ -11,7 +11,7 @@ use candle_core::{Device, Module, Tensor};
 
 mod common;
 
-use common::{check_panel_arithmetic, dequantized_product, same_bits, values};
+use common::{check_panel_arithmetic, cpu_has, dequantized_product, same_bits, values};
 
 fn check(dtype: GgmlDType, rows: usize, k: usize, n: usize) {
     let device = Device::Cpu;
@@ -228,19 +228,4 @@ fn avx512_is_used_where_the_cpu_has_it() {
         "AVX-512 VNNI in /proc/cpuinfo: {has}"
     );
     assert_eq!(avx512(), has);
-}
-
-/// Whether the first CPU's flags in `/proc/cpuinfo` include all of `wanted`; `None` without
-/// that file.
-fn cpu_has(wanted: &[&str]) -> Option<bool> {
-    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-        eprintln!("no /proc/cpuinfo: nothing to compare with");
-        return None;
-    };
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find(|line| line.starts_with("flags"))
-        .map(|line| line.split_whitespace().collect())
-        .unwrap_or_default();
-    Some(wanted.iter().all(|flag| flags.contains(flag)))
 }

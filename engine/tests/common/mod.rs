@@ -216,3 +216,19 @@ pub fn check_panel_arithmetic(label: &str) {
         }
     }
 }
+
+/// Whether the first CPU's flags in `/proc/cpuinfo` include all of `wanted`; `None` without
+/// that file.
+#[allow(dead_code)] // not every test binary uses it
+pub fn cpu_has(wanted: &[&str]) -> Option<bool> {
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        eprintln!("no /proc/cpuinfo: nothing to compare with");
+        return None;
+    };
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    Some(wanted.iter().all(|flag| flags.contains(flag)))
+}

@@ -68,6 +68,11 @@ const PROMPT_ROWS: usize = 4;
 /// instruction.
 pub(crate) trait WidenF32: Copy {
     fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// The same slice as halves where `Self` is `f16` (for kernels that read them where they lie).
+    fn as_f16(_: &[Self]) -> Option<&[f16]> {
+        None
+    }
 }
 
 impl WidenF32 for f32 {
@@ -87,6 +92,10 @@ impl WidenF32 for bf16 {
 }
 
 impl WidenF32 for f16 {
+    fn as_f16(src: &[Self]) -> Option<&[f16]> {
+        Some(src)
+    }
+
     #[cfg(all(target_arch = "x86_64", target_feature = "f16c", target_feature = "avx"))]
     #[inline]
     fn widen(src: &[Self], dst: &mut [f32]) {
@@ -175,6 +184,17 @@ mod lanes {
                     *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(j * d + c)), *a);
                 }
             }
+            _mm256_storeu_ps(out.as_mut_ptr(), sum8(&acc));
+        }
+        out
+    }
+
+    /// `[Σ acc[0], …, Σ acc[7]]`: the lanes of each of eight vectors summed, three `hadd`s
+    /// deep for all eight.
+    #[inline]
+    pub(super) fn sum8(acc: &[__m256; 8]) -> __m256 {
+        // SAFETY: register operations only; AVX is enabled at compile time.
+        unsafe {
             // [r0 01, r0 23, r1 01, r1 23 | r0 45, r0 67, r1 45, r1 67], and so on.
             let s01 = _mm256_hadd_ps(acc[0], acc[1]);
             let s23 = _mm256_hadd_ps(acc[2], acc[3]);
@@ -185,9 +205,8 @@ mod lanes {
             let s4567 = _mm256_hadd_ps(s45, s67);
             let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
             let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
-            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(lo, hi));
+            _mm256_add_ps(lo, hi)
         }
-        out
     }
 
     /// `acc[..dv] += Σ_j p[j] · v[j·dv..][..dv]`, positions in order (zero weights, masked
@@ -393,6 +412,170 @@ mod lanes {
         for (i, p) in p.iter().enumerate() {
             weighted_sum(&p[..n], v, dv, &mut acc[i * dv..]);
         }
+    }
+}
+
+/// aiaas patch (item 18): the decoding attention on 512-bit vectors, reading `f16` keys and
+/// values where they lie in the cache (no widened copies), several query heads of a group per
+/// pass, where the CPU has AVX-512 F (detected at run time: the build targets x86-64-v3).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod wide {
+    use super::DECODE_CHUNK;
+    use core::arch::x86_64::*;
+    use half::f16;
+
+    /// Query heads per pass over a chunk's keys: `HEADS × 8` accumulators of 16 lanes, plus the
+    /// key vector and the queries, fit the 32 registers.
+    pub(super) const HEADS: usize = 3;
+
+    /// Whether the CPU has AVX-512 F.
+    pub(super) fn supported() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// `out[h][j] = q_h · k_j` for the `H` query rows of `q` (row `h` at `q[h·d..]`) and the
+    /// key rows `rows[j]` (`d` halves each), `j < rows.len()`, eight at a time: each key row is
+    /// converted once for the `H` heads, every (head, row) pair has its own accumulator (lane
+    /// `c mod 16`), and the eight rows of a head are summed together as `lanes::sum8` does.
+    /// A last block of fewer than eight rows repeats its first row and drops those results.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F; every `rows[j]` must point to `d` readable halves, `d` a
+    /// multiple of 16, and `q` must hold `H·d` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores<const H: usize>(
+        q: &[f32],
+        d: usize,
+        rows: &[*const f16],
+        out: &mut [[f32; DECODE_CHUNK]; HEADS],
+    ) {
+        assert!(H <= HEADS && d % 16 == 0 && q.len() >= H * d && rows.len() <= DECODE_CHUNK);
+        for blk in (0..rows.len()).step_by(8) {
+            let n = (rows.len() - blk).min(8);
+            let mut r = [rows[blk]; 8];
+            r[..n].copy_from_slice(&rows[blk..blk + n]);
+            let mut acc = [[_mm512_setzero_ps(); 8]; H];
+            for c in (0..d).step_by(16) {
+                let mut qv = [_mm512_setzero_ps(); H];
+                for (h, qv) in qv.iter_mut().enumerate() {
+                    *qv = _mm512_loadu_ps(q.as_ptr().add(h * d + c));
+                }
+                for (j, row) in r.iter().enumerate() {
+                    let kv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c) as *const __m256i));
+                    for h in 0..H {
+                        acc[h][j] = _mm512_fmadd_ps(qv[h], kv, acc[h][j]);
+                    }
+                }
+            }
+            for h in 0..H {
+                let mut halves = [_mm256_setzero_ps(); 8];
+                for (half, a) in halves.iter_mut().zip(&acc[h]) {
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(*a), 1));
+                    *half = _mm256_add_ps(_mm512_castps512_ps256(*a), hi);
+                }
+                let mut sums = [0f32; 8];
+                _mm256_storeu_ps(sums.as_mut_ptr(), super::lanes::sum8(&halves));
+                out[h][blk..blk + n].copy_from_slice(&sums[..n]);
+            }
+        }
+    }
+
+    /// Requests the `len` halves at each of `rows` from memory (a prefetch never faults).
+    pub(super) fn prefetch(rows: &[*const f16], len: usize) {
+        for &row in rows {
+            for off in (0..len * 2).step_by(64) {
+                // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>((row as *const i8).wrapping_add(off)) };
+            }
+        }
+    }
+
+    /// `acc[h·dv..][..dv] += Σ_j p[h][j] · v_j` for the `H` heads, value rows `rows[j]` (`dv`
+    /// halves each), positions in order: each lane one fused multiply-add per position (as
+    /// `lanes::weighted_sum`), zero weights skipped per head; each value row converted once
+    /// for the `H` heads, 64 columns per pass.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F; every `rows[j]` must point to `dv` readable halves, `dv` a
+    /// multiple of 16, and `acc` must hold `H·dv` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted<const H: usize>(
+        p: &[[f32; DECODE_CHUNK]; HEADS],
+        rows: &[*const f16],
+        dv: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(H <= HEADS && dv % 16 == 0 && acc.len() >= H * dv && rows.len() <= DECODE_CHUNK);
+        let mut col = 0;
+        while dv - col >= 64 {
+            weighted_cols::<H, 4>(p, rows, dv, col, acc);
+            col += 64;
+        }
+        while col < dv {
+            weighted_cols::<H, 1>(p, rows, dv, col, acc);
+            col += 16;
+        }
+    }
+
+    /// `weighted`'s pass over columns `col..col + 16·W`, its accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn weighted_cols<const H: usize, const W: usize>(
+        p: &[[f32; DECODE_CHUNK]; HEADS],
+        rows: &[*const f16],
+        dv: usize,
+        col: usize,
+        acc: &mut [f32],
+    ) {
+        let mut r = [[_mm512_setzero_ps(); W]; H];
+        for (h, r) in r.iter_mut().enumerate() {
+            for (i, r) in r.iter_mut().enumerate() {
+                *r = _mm512_loadu_ps(acc.as_ptr().add(h * dv + col + 16 * i));
+            }
+        }
+        for (j, row) in rows.iter().enumerate() {
+            let mut vv = [_mm512_setzero_ps(); W];
+            for (i, vv) in vv.iter_mut().enumerate() {
+                *vv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(col + 16 * i) as *const __m256i));
+            }
+            for h in 0..H {
+                let pj = p[h][j];
+                if pj == 0.0 {
+                    continue;
+                }
+                let pj = _mm512_set1_ps(pj);
+                for i in 0..W {
+                    r[h][i] = _mm512_fmadd_ps(pj, vv[i], r[h][i]);
+                }
+            }
+        }
+        for (h, r) in r.iter().enumerate() {
+            for (i, r) in r.iter().enumerate() {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(h * dv + col + 16 * i), *r);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+mod wide {
+    use super::DECODE_CHUNK;
+    use half::f16;
+
+    pub(super) const HEADS: usize = 3;
+
+    pub(super) fn supported() -> bool {
+        false
+    }
+
+    pub(super) fn prefetch(_: &[*const f16], _: usize) {}
+
+    pub(super) unsafe fn scores<const H: usize>(_: &[f32], _: usize, _: &[*const f16], _: &mut [[f32; DECODE_CHUNK]; HEADS]) {
+        unreachable!("AVX-512 decoding kernels on a build without AVX2")
+    }
+
+    pub(super) unsafe fn weighted<const H: usize>(_: &[[f32; DECODE_CHUNK]; HEADS], _: &[*const f16], _: usize, _: &mut [f32]) {
+        unreachable!("AVX-512 decoding kernels on a build without AVX2")
     }
 }
 
@@ -840,10 +1023,14 @@ const DECODE_CHUNK: usize = 64;
 /// aiaas patch: one decoding step's attention for every sequence of `seqs` (one query row
 /// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
 /// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
-/// from position 0). A task widens its chunk's K and V rows to `f32` once for the group, scores
-/// each head's query against them (eight positions per horizontal sum, `lanes::dots8`, where
-/// the head width is a multiple of eight), takes the chunk's maximum, and sums the weighted V
-/// rows in registers (`lanes::weighted_sum`); the chunks of a head are then merged in order. Every
+/// from position 0). With `f16` caches, head widths that are multiples of 16 and a CPU with
+/// AVX-512 (`decode_avx512`), a task reads its chunk's K and V rows where they lie, converting
+/// each row once for up to three heads of the group (`wide`), and requests the V rows before
+/// scoring the keys. Otherwise it widens its chunk's K and V rows to `f32` once for the group,
+/// scores each head's query against them (eight positions per horizontal sum, `lanes::dots8`,
+/// where the head width is a multiple of eight), takes the chunk's maximum, and sums the
+/// weighted V rows in registers (`lanes::weighted_sum`). The chunks of a head are then merged
+/// in order. Every
 /// output depends only on its own sequence's data (and mask), never on the other sequences nor
 /// on how many there are, so a sequence gets the same bits alone and batched. Returns `[seq]
 /// [head][dv]`.
@@ -888,6 +1075,8 @@ where
     let mut part_m = vec![f32::NEG_INFINITY; tasks.len() * group];
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
     let dots8 = decode_dots8();
+    // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
+    let wide = decode_avx512() && T::as_f16(&[]).is_some() && d % 16 == 0 && dv % 16 == 0;
 
     in_attention_pool(|| {
         part_acc
@@ -897,14 +1086,101 @@ where
             .zip(tasks.par_iter())
             .for_each_init(
                 || {
-                    let qf = vec![0f32; d];
-                    let (kbuf, vbuf) = (vec![0f32; DECODE_CHUNK * d], vec![0f32; DECODE_CHUNK * dv]);
-                    (qf, kbuf, vbuf, [0f32; DECODE_CHUNK])
+                    let qf = vec![0f32; group.max(wide::HEADS) * d];
+                    let (kbuf, vbuf) = if wide {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        (vec![0f32; DECODE_CHUNK * d], vec![0f32; DECODE_CHUNK * dv])
+                    };
+                    let rows = vec![std::ptr::null::<f16>(); 2 * DECODE_CHUNK];
+                    (qf, kbuf, vbuf, [[0f32; DECODE_CHUNK]; wide::HEADS], rows)
                 },
-                |(qf, kbuf, vbuf, scores), (((acc, sums), maxes), &(s, g, c))| {
+                |(qf, kbuf, vbuf, scores, rows), (((acc, sums), maxes), &(s, g, c))| {
                     let seq = &seqs[s];
                     let start = c * DECODE_CHUNK;
                     let n = DECODE_CHUNK.min(seq.kv_len - start);
+                    // A head's raw scores become its softmax weights: mask, scale and soft-cap
+                    // per position, then `exp(x - max)` (zero past `n`). Returns the chunk's
+                    // maximum and the weights' sum; all weights zero where every position is
+                    // masked (maximum `-inf`).
+                    let softmax = |scores: &mut [f32; DECODE_CHUNK], h_i: usize| {
+                        let slope = slope(h_i);
+                        for (j, x) in scores[..n].iter_mut().enumerate() {
+                            let delta = mask
+                                .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
+                                .unwrap_or(0.0);
+                            *x = if delta == f32::NEG_INFINITY {
+                                f32::NEG_INFINITY
+                            } else {
+                                softcap(*x * scale, logit_softcap) + delta
+                            };
+                        }
+                        let m = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        if m == f32::NEG_INFINITY {
+                            scores.fill(0.0);
+                            return (m, 0.0);
+                        }
+                        scores[n..].fill(f32::NEG_INFINITY);
+                        (m, crate::simd::exp_sub_sum(scores, m))
+                    };
+                    if wide {
+                        // The heads of a group share one key head and one value head.
+                        let (Some(k16), Some(v16)) = (T::as_f16(seq.k), T::as_f16(seq.v)) else {
+                            unreachable!("`wide` is only set for f16 caches")
+                        };
+                        for hg0 in (0..group).step_by(wide::HEADS) {
+                            let hs = (group - hg0).min(wide::HEADS);
+                            let h0 = g * group + hg0;
+                            let (k_head, v_head) = (h0 / rk2, h0 / rv2);
+                            let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
+                            for j in 0..n {
+                                let base = seq.b_i * seq.kstride[0]
+                                    + (start + j) * seq.kstride[1]
+                                    + k_head * seq.kstride[2];
+                                krows[j] = k16[base..base + d].as_ptr();
+                                let base = seq.b_i * seq.vstride[0]
+                                    + (start + j) * seq.vstride[1]
+                                    + v_head * seq.vstride[2];
+                                vrows[j] = v16[base..base + dv].as_ptr();
+                            }
+                            // The value rows are requested now, so that they arrive while
+                            // the keys are scored.
+                            wide::prefetch(&vrows[..n], dv);
+                            for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
+                                let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
+                                T::widen(&seq.q[q_base..q_base + d], qf);
+                            }
+                            // SAFETY: `wide` means the CPU has AVX-512 F; every row pointer
+                            // comes from a bounds-checked slice of `d` (keys) or `dv` (values)
+                            // halves, both multiples of 16; `qf` holds `HEADS·d` values and
+                            // `acc` `group·dv`, `hg0 + hs <= group`.
+                            unsafe {
+                                match hs {
+                                    1 => wide::scores::<1>(qf, d, &krows[..n], scores),
+                                    2 => wide::scores::<2>(qf, d, &krows[..n], scores),
+                                    _ => wide::scores::<3>(qf, d, &krows[..n], scores),
+                                }
+                            }
+                            for hh in 0..hs {
+                                let (m, sum) = softmax(&mut scores[hh], h0 + hh);
+                                maxes[hg0 + hh] = m;
+                                sums[hg0 + hh] = sum;
+                            }
+                            let acc = &mut acc[hg0 * dv..(hg0 + hs) * dv];
+                            acc.fill(0.0);
+                            // SAFETY: as above.
+                            unsafe {
+                                match hs {
+                                    1 => wide::weighted::<1>(scores, &vrows[..n], dv, acc),
+                                    2 => wide::weighted::<2>(scores, &vrows[..n], dv, acc),
+                                    _ => wide::weighted::<3>(scores, &vrows[..n], dv, acc),
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    let qf = &mut qf[..d];
+                    let scores = &mut scores[0];
                     let mut k_loaded = usize::MAX;
                     let mut v_loaded = usize::MAX;
                     for hg in 0..group {
@@ -930,7 +1206,6 @@ where
                         }
                         let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
                         T::widen(&seq.q[q_base..q_base + d], qf);
-                        let slope = slope(h_i);
                         if dots8 && d % 8 == 0 {
                             // Eight positions per horizontal sum; the rows past `n` in the last
                             // block are scored too (`kbuf` holds `DECODE_CHUNK` rows) and
@@ -945,27 +1220,14 @@ where
                                 *x = lanes::dot(qf, k_row);
                             }
                         }
-                        for (j, x) in scores[..n].iter_mut().enumerate() {
-                            let delta = mask
-                                .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
-                                .unwrap_or(0.0);
-                            *x = if delta == f32::NEG_INFINITY {
-                                f32::NEG_INFINITY
-                            } else {
-                                softcap(*x * scale, logit_softcap) + delta
-                            };
-                        }
-                        let m = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let (m, sum) = softmax(scores, h_i);
                         maxes[hg] = m;
+                        sums[hg] = sum;
                         let acc = &mut acc[hg * dv..][..dv];
                         acc.fill(0.0);
-                        if m == f32::NEG_INFINITY {
-                            sums[hg] = 0.0;
-                            continue;
+                        if m != f32::NEG_INFINITY {
+                            lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
                         }
-                        scores[n..].fill(f32::NEG_INFINITY);
-                        sums[hg] = crate::simd::exp_sub_sum(scores, m);
-                        lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
                     }
                 },
             );
@@ -1138,6 +1400,30 @@ fn prompt_tiles() -> bool {
         }
         on => on == 1,
     }
+}
+
+// aiaas patch (item 18): the switch of `decode_avx512`.
+static DECODE_AVX512: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
+
+/// aiaas patch (item 18): whether decoding steps take the 512-bit kernels (`wide`) for `f16`
+/// caches: where the CPU has AVX-512 F, unless `AIAAS_DECODE_AVX512=off` is set or
+/// `set_decode_avx512(false)` was called.
+pub fn decode_avx512() -> bool {
+    let on = match DECODE_AVX512.load(Ordering::Relaxed) {
+        SWITCH_UNREAD => {
+            let on = !std::env::var("AIAAS_DECODE_AVX512").is_ok_and(|v| v == "off");
+            DECODE_AVX512.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        on => on == 1,
+    };
+    on && wide::supported()
+}
+
+/// aiaas patch (item 18): turns the 512-bit decoding kernels on or off for the whole process
+/// (for tests and side-by-side measurements); they run only where the CPU has AVX-512 F.
+pub fn set_decode_avx512(on: bool) {
+    DECODE_AVX512.store(u8::from(on), Ordering::Relaxed);
 }
 
 /// aiaas patch: turns the tiled prompt kernel on or off for the whole process (for tests and
