@@ -130,7 +130,11 @@ echo "servers: ${ORDER[*]}; idle CPU%: $(ps -o %cpu= -p "$(IFS=,; echo "${PID[*]
 
 probe
 for rep in $(seq 1 "$REPS"); do
-  for s in "${ORDER[@]}"; do
+  # The order rotates with the repetition, so no server always runs first (or right after
+  # another's heaviest level).
+  n=${#ORDER[@]}
+  for i in $(seq 0 $((n - 1))); do
+    s=${ORDER[$(((i + rep - 1) % n))]}
     warmup=1; [ "$rep" = 1 ] && warmup=2
     echo "rep $rep: $s"
     "$BIN/aiaas-load" --url "${URL[$s]}" --model "${MODEL_ID[$s]}" --api-key "${KEY[$s]:-unused}" \
