@@ -480,16 +480,6 @@ mod wide {
         }
     }
 
-    /// Requests the `len` halves at each of `rows` from memory (a prefetch never faults).
-    pub(super) fn prefetch(rows: &[*const f16], len: usize) {
-        for &row in rows {
-            for off in (0..len * 2).step_by(64) {
-                // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>((row as *const i8).wrapping_add(off)) };
-            }
-        }
-    }
-
     /// `acc[h·dv..][..dv] += Σ_j p[h][j] · v_j` for the `H` heads, value rows `rows[j]` (`dv`
     /// halves each), positions in order: each lane one fused multiply-add per position (as
     /// `lanes::weighted_sum`), zero weights skipped per head; each value row converted once
@@ -568,8 +558,6 @@ mod wide {
         false
     }
 
-    pub(super) fn prefetch(_: &[*const f16], _: usize) {}
-
     pub(super) unsafe fn scores<const H: usize>(_: &[f32], _: usize, _: &[*const f16], _: &mut [[f32; DECODE_CHUNK]; HEADS]) {
         unreachable!("AVX-512 decoding kernels on a build without AVX2")
     }
@@ -577,6 +565,24 @@ mod wide {
     pub(super) unsafe fn weighted<const H: usize>(_: &[[f32; DECODE_CHUNK]; HEADS], _: &[*const f16], _: usize, _: &mut [f32]) {
         unreachable!("AVX-512 decoding kernels on a build without AVX2")
     }
+}
+
+/// aiaas patch: requests the `bytes` bytes at each of `rows` from memory, one request per cache
+/// line (a prefetch never faults; a no-op off x86-64).
+fn prefetch(rows: impl IntoIterator<Item = *const u8>, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for row in rows {
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    row.wrapping_add(off) as *const i8,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, bytes);
 }
 
 /// aiaas patch: `y *= a`.
@@ -1024,9 +1030,9 @@ const DECODE_CHUNK: usize = 64;
 /// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
 /// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
 /// from position 0). With `f16` caches, head widths that are multiples of 16 and a CPU with
-/// AVX-512 (`decode_avx512`), a task reads its chunk's K and V rows where they lie, converting
-/// each row once for up to three heads of the group (`wide`), and requests the V rows before
-/// scoring the keys. Otherwise it widens its chunk's K and V rows to `f32` once for the group,
+/// AVX-512 (`decode_avx512`), a task requests all its chunk's K and V rows from memory, then
+/// reads them where they lie, converting each row once for up to three heads of the group
+/// (`wide`). Otherwise it widens its chunk's K and V rows to `f32` once for the group,
 /// scores each head's query against them (eight positions per horizontal sum, `lanes::dots8`,
 /// where the head width is a multiple of eight), takes the chunk's maximum, and sums the
 /// weighted V rows in registers (`lanes::weighted_sum`). The chunks of a head are then merged
@@ -1143,9 +1149,11 @@ where
                                     + v_head * seq.vstride[2];
                                 vrows[j] = v16[base..base + dv].as_ptr();
                             }
-                            // The value rows are requested now, so that they arrive while
-                            // the keys are scored.
-                            wide::prefetch(&vrows[..n], dv);
+                            // All the chunk's rows are requested at once, keys first, so
+                            // that many are in flight while the first are scored (the hardware
+                            // prefetcher ramps up too slowly on streams this short).
+                            prefetch(krows[..n].iter().map(|&r| r as *const u8), 2 * d);
+                            prefetch(vrows[..n].iter().map(|&r| r as *const u8), 2 * dv);
                             for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
                                 let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
                                 T::widen(&seq.q[q_base..q_base + d], qf);
@@ -1181,6 +1189,16 @@ where
                     }
                     let qf = &mut qf[..d];
                     let scores = &mut scores[0];
+                    // All the chunk's rows are requested at once (the group's heads share them
+                    // where `group > 1`), keys first, before they are widened.
+                    let (k_head, v_head) = (g * group / rk2, g * group / rv2);
+                    let row = |data: &[T], stride: &[usize], head: usize, len: usize, j: usize| {
+                        let base = seq.b_i * stride[0] + (start + j) * stride[1] + head * stride[2];
+                        data[base..base + len].as_ptr() as *const u8
+                    };
+                    let size = std::mem::size_of::<T>();
+                    prefetch((0..n).map(|j| row(seq.k, seq.kstride, k_head, d, j)), size * d);
+                    prefetch((0..n).map(|j| row(seq.v, seq.vstride, v_head, dv, j)), size * dv);
                     let mut k_loaded = usize::MAX;
                     let mut v_loaded = usize::MAX;
                     for hg in 0..group {
