@@ -69,10 +69,8 @@ const PROMPT_ROWS: usize = 4;
 pub(crate) trait WidenF32: Copy {
     fn widen(src: &[Self], dst: &mut [f32]);
 
-    /// The same slice as halves where `Self` is `f16` (for kernels that read them where they lie).
-    fn as_f16(_: &[Self]) -> Option<&[f16]> {
-        None
-    }
+    /// Whether `Self` is `f16` (whose rows some kernels read where they lie).
+    const IS_F16: bool = false;
 }
 
 impl WidenF32 for f32 {
@@ -92,9 +90,7 @@ impl WidenF32 for bf16 {
 }
 
 impl WidenF32 for f16 {
-    fn as_f16(src: &[Self]) -> Option<&[f16]> {
-        Some(src)
-    }
+    const IS_F16: bool = true;
 
     #[cfg(all(target_arch = "x86_64", target_feature = "f16c", target_feature = "avx"))]
     #[inline]
@@ -1036,10 +1032,9 @@ const DECODE_CHUNK: usize = 64;
 /// scores each head's query against them (eight positions per horizontal sum, `lanes::dots8`,
 /// where the head width is a multiple of eight), takes the chunk's maximum, and sums the
 /// weighted V rows in registers (`lanes::weighted_sum`). The chunks of a head are then merged
-/// in order. Every
-/// output depends only on its own sequence's data (and mask), never on the other sequences nor
-/// on how many there are, so a sequence gets the same bits alone and batched. Returns `[seq]
-/// [head][dv]`.
+/// in order. Every output depends only on its own sequence's data (and mask), never on the
+/// other sequences nor on how many there are, so a sequence gets the same bits alone and
+/// batched. Returns `[seq][head][dv]`.
 fn decode_attention<T>(
     seqs: &[DecodeSeq<'_, T>],
     DecodeHeads { h, k_h, v_h, d, dv }: DecodeHeads,
@@ -1082,7 +1077,7 @@ where
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
     let dots8 = decode_dots8();
     // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
-    let wide = decode_avx512() && T::as_f16(&[]).is_some() && d % 16 == 0 && dv % 16 == 0;
+    let wide = decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0;
 
     in_attention_pool(|| {
         part_acc
@@ -1105,6 +1100,11 @@ where
                     let seq = &seqs[s];
                     let start = c * DECODE_CHUNK;
                     let n = DECODE_CHUNK.min(seq.kv_len - start);
+                    // Where row `j` of the chunk (`len` values) of `head` lies (bounds-checked).
+                    let row = |data: &[T], stride: &[usize], head: usize, len: usize, j: usize| {
+                        let base = seq.b_i * stride[0] + (start + j) * stride[1] + head * stride[2];
+                        data[base..base + len].as_ptr()
+                    };
                     // A head's raw scores become its softmax weights: mask, scale and soft-cap
                     // per position, then `exp(x - max)` (zero past `n`). Returns the chunk's
                     // maximum and the weights' sum; all weights zero where every position is
@@ -1130,30 +1130,22 @@ where
                         (m, crate::simd::exp_sub_sum(scores, m))
                     };
                     if wide {
-                        // The heads of a group share one key head and one value head.
-                        let (Some(k16), Some(v16)) = (T::as_f16(seq.k), T::as_f16(seq.v)) else {
-                            unreachable!("`wide` is only set for f16 caches")
-                        };
+                        // The heads of a group share one key head and one value head. `wide`
+                        // is only set where `T` is `f16`, so the rows are halves.
                         for hg0 in (0..group).step_by(wide::HEADS) {
                             let hs = (group - hg0).min(wide::HEADS);
                             let h0 = g * group + hg0;
                             let (k_head, v_head) = (h0 / rk2, h0 / rv2);
                             let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
                             for j in 0..n {
-                                let base = seq.b_i * seq.kstride[0]
-                                    + (start + j) * seq.kstride[1]
-                                    + k_head * seq.kstride[2];
-                                krows[j] = k16[base..base + d].as_ptr();
-                                let base = seq.b_i * seq.vstride[0]
-                                    + (start + j) * seq.vstride[1]
-                                    + v_head * seq.vstride[2];
-                                vrows[j] = v16[base..base + dv].as_ptr();
+                                krows[j] = row(seq.k, seq.kstride, k_head, d, j).cast();
+                                vrows[j] = row(seq.v, seq.vstride, v_head, dv, j).cast();
                             }
                             // All the chunk's rows are requested at once, keys first, so
                             // that many are in flight while the first are scored (the hardware
                             // prefetcher ramps up too slowly on streams this short).
-                            prefetch(krows[..n].iter().map(|&r| r as *const u8), 2 * d);
-                            prefetch(vrows[..n].iter().map(|&r| r as *const u8), 2 * dv);
+                            prefetch(krows[..n].iter().map(|r| r.cast()), 2 * d);
+                            prefetch(vrows[..n].iter().map(|r| r.cast()), 2 * dv);
                             for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
                                 let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
                                 T::widen(&seq.q[q_base..q_base + d], qf);
@@ -1192,13 +1184,9 @@ where
                     // All the chunk's rows are requested at once (the group's heads share them
                     // where `group > 1`), keys first, before they are widened.
                     let (k_head, v_head) = (g * group / rk2, g * group / rv2);
-                    let row = |data: &[T], stride: &[usize], head: usize, len: usize, j: usize| {
-                        let base = seq.b_i * stride[0] + (start + j) * stride[1] + head * stride[2];
-                        data[base..base + len].as_ptr() as *const u8
-                    };
                     let size = std::mem::size_of::<T>();
-                    prefetch((0..n).map(|j| row(seq.k, seq.kstride, k_head, d, j)), size * d);
-                    prefetch((0..n).map(|j| row(seq.v, seq.vstride, v_head, dv, j)), size * dv);
+                    prefetch((0..n).map(|j| row(seq.k, seq.kstride, k_head, d, j).cast()), size * d);
+                    prefetch((0..n).map(|j| row(seq.v, seq.vstride, v_head, dv, j).cast()), size * dv);
                     let mut k_loaded = usize::MAX;
                     let mut v_loaded = usize::MAX;
                     for hg in 0..group {
