@@ -1019,6 +1019,13 @@ struct DecodeHeads {
     dv: usize,
 }
 
+/// aiaas patch: the `len` values of sequence `b_i`'s row at `pos` of `head` in a tensor laid out
+/// by `stride` (`[sequence, position, head]`): a K or V cache, or a prompt's Q, K or V.
+fn cache_row<'s, T>(data: &'s [T], stride: &[usize], b_i: usize, pos: usize, head: usize, len: usize) -> &'s [T] {
+    let base = b_i * stride[0] + pos * stride[1] + head * stride[2];
+    &data[base..base + len]
+}
+
 /// aiaas patch: key positions per task of `decode_attention`.
 const DECODE_CHUNK: usize = 64;
 
@@ -1100,11 +1107,17 @@ where
                     let seq = &seqs[s];
                     let start = c * DECODE_CHUNK;
                     let n = DECODE_CHUNK.min(seq.kv_len - start);
-                    // Where row `j` of the chunk (`len` values) of `head` lies (bounds-checked).
-                    let row = |data: &[T], stride: &[usize], head: usize, len: usize, j: usize| {
-                        let base = seq.b_i * stride[0] + (start + j) * stride[1] + head * stride[2];
-                        data[base..base + len].as_ptr()
-                    };
+                    // The task's query heads share one key head and one value head (a group of
+                    // several heads is formed only where they do). All the chunk's rows are
+                    // requested at once, keys first, so that many are in flight before the
+                    // first is read (the hardware prefetcher ramps up too slowly on streams
+                    // this short).
+                    let (k_head, v_head) = (g * group / rk2, g * group / rv2);
+                    let size = std::mem::size_of::<T>();
+                    let k_row = |j| cache_row(seq.k, seq.kstride, seq.b_i, start + j, k_head, d);
+                    let v_row = |j| cache_row(seq.v, seq.vstride, seq.b_i, start + j, v_head, dv);
+                    prefetch((0..n).map(|j| k_row(j).as_ptr().cast()), size * d);
+                    prefetch((0..n).map(|j| v_row(j).as_ptr().cast()), size * dv);
                     // A head's raw scores become its softmax weights: mask, scale and soft-cap
                     // per position, then `exp(x - max)` (zero past `n`). Returns the chunk's
                     // maximum and the weights' sum; all weights zero where every position is
@@ -1130,22 +1143,15 @@ where
                         (m, crate::simd::exp_sub_sum(scores, m))
                     };
                     if wide {
-                        // The heads of a group share one key head and one value head. `wide`
-                        // is only set where `T` is `f16`, so the rows are halves.
+                        // `wide` is only set where `T` is `f16`, so the rows are halves.
+                        let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
+                        for j in 0..n {
+                            krows[j] = k_row(j).as_ptr().cast();
+                            vrows[j] = v_row(j).as_ptr().cast();
+                        }
                         for hg0 in (0..group).step_by(wide::HEADS) {
                             let hs = (group - hg0).min(wide::HEADS);
                             let h0 = g * group + hg0;
-                            let (k_head, v_head) = (h0 / rk2, h0 / rv2);
-                            let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
-                            for j in 0..n {
-                                krows[j] = row(seq.k, seq.kstride, k_head, d, j).cast();
-                                vrows[j] = row(seq.v, seq.vstride, v_head, dv, j).cast();
-                            }
-                            // All the chunk's rows are requested at once, keys first, so
-                            // that many are in flight while the first are scored (the hardware
-                            // prefetcher ramps up too slowly on streams this short).
-                            prefetch(krows[..n].iter().map(|r| r.cast()), 2 * d);
-                            prefetch(vrows[..n].iter().map(|r| r.cast()), 2 * dv);
                             for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
                                 let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
                                 T::widen(&seq.q[q_base..q_base + d], qf);
@@ -1181,35 +1187,15 @@ where
                     }
                     let qf = &mut qf[..d];
                     let scores = &mut scores[0];
-                    // All the chunk's rows are requested at once (the group's heads share them
-                    // where `group > 1`), keys first, before they are widened.
-                    let (k_head, v_head) = (g * group / rk2, g * group / rv2);
-                    let size = std::mem::size_of::<T>();
-                    prefetch((0..n).map(|j| row(seq.k, seq.kstride, k_head, d, j).cast()), size * d);
-                    prefetch((0..n).map(|j| row(seq.v, seq.vstride, v_head, dv, j).cast()), size * dv);
-                    let mut k_loaded = usize::MAX;
-                    let mut v_loaded = usize::MAX;
+                    // The chunk's K and V rows, widened once for the task's heads.
+                    for (j, dst) in kbuf[..n * d].chunks_exact_mut(d).enumerate() {
+                        T::widen(k_row(j), dst);
+                    }
+                    for (j, dst) in vbuf[..n * dv].chunks_exact_mut(dv).enumerate() {
+                        T::widen(v_row(j), dst);
+                    }
                     for hg in 0..group {
                         let h_i = g * group + hg;
-                        let (k_head, v_head) = (h_i / rk2, h_i / rv2);
-                        if k_head != k_loaded {
-                            for (j, row) in kbuf[..n * d].chunks_exact_mut(d).enumerate() {
-                                let base = seq.b_i * seq.kstride[0]
-                                    + (start + j) * seq.kstride[1]
-                                    + k_head * seq.kstride[2];
-                                T::widen(&seq.k[base..base + d], row);
-                            }
-                            k_loaded = k_head;
-                        }
-                        if v_head != v_loaded {
-                            for (j, row) in vbuf[..n * dv].chunks_exact_mut(dv).enumerate() {
-                                let base = seq.b_i * seq.vstride[0]
-                                    + (start + j) * seq.vstride[1]
-                                    + v_head * seq.vstride[2];
-                                T::widen(&seq.v[base..base + dv], row);
-                            }
-                            v_loaded = v_head;
-                        }
                         let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
                         T::widen(&seq.q[q_base..q_base + d], qf);
                         if dots8 && d % 8 == 0 {
@@ -1355,8 +1341,7 @@ fn widen_heads<T: WidenF32 + Send + Sync>(
         .for_each(|(bh, head_rows)| {
             let (b_i, head) = (bh / heads, bh % heads);
             for (pos, row) in head_rows.chunks_exact_mut(dim).enumerate() {
-                let base = b_i * stride[0] + pos * stride[1] + head * stride[2];
-                T::widen(&data[base..base + dim], row);
+                T::widen(cache_row(data, stride, b_i, pos, head, dim), row);
             }
         });
     wide
@@ -1380,8 +1365,7 @@ fn widen_heads_transposed<T: WidenF32 + Send + Sync>(
         |row, (bh, head_t)| {
             let (b_i, head) = (bh / heads, bh % heads);
             for pos in 0..len {
-                let base = b_i * stride[0] + pos * stride[1] + head * stride[2];
-                T::widen(&data[base..base + dim], row);
+                T::widen(cache_row(data, stride, b_i, pos, head, dim), row);
                 for (c, &x) in row.iter().enumerate() {
                     head_t[c * pad + pos] = x;
                 }
