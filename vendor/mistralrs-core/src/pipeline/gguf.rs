@@ -747,10 +747,10 @@ impl MetadataMixin for GGUFPipeline {
     /// aiaas patch: the quantized Llama model attends over a ragged batch
     /// (`models::quantized_llama`), e.g. SmolLM2, Llama and Mistral GGUF files.
     /// `AIAAS_RAGGED_DECODE=off` in the environment keeps upstream's batching by length, to
-    /// measure one against the other.
+    /// measure one against the other (read once: this is asked at every step).
     fn ragged_decode(&self) -> bool {
-        matches!(self.model, Model::Llama(_))
-            && !std::env::var("AIAAS_RAGGED_DECODE").is_ok_and(|v| v == "off")
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        matches!(self.model, Model::Llama(_)) && crate::layers::switch_on(&ON, "AIAAS_RAGGED_DECODE")
     }
 }
 

@@ -1029,6 +1029,61 @@ fn cache_row<'s, T>(data: &'s [T], stride: &[usize], b_i: usize, pos: usize, hea
 /// aiaas patch: key positions per task of `decode_attention`.
 const DECODE_CHUNK: usize = 64;
 
+/// aiaas patch: a decoding task's working memory: its query heads in `f32`, its chunk's K and V
+/// rows widened to `f32` (the widening kernel only), its heads' scores, and its K and V row
+/// addresses. Rayon runs `for_each_init`'s `init` for every piece it splits the tasks into,
+/// often one task, so the buffers are kept per thread (`DECODE_SCRATCH`) rather than allocated
+/// and zeroed there: `take` lends them to a piece and its guard gives them back.
+struct DecodeScratch {
+    qf: Vec<f32>,
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+    scores: Box<[[f32; DECODE_CHUNK]; wide::HEADS]>,
+    rows: Vec<*const f16>,
+}
+
+thread_local! {
+    static DECODE_SCRATCH: std::cell::Cell<Option<DecodeScratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// aiaas patch: a piece's loan of its thread's `DecodeScratch`, given back when it drops.
+struct ScratchLoan(Option<DecodeScratch>);
+
+impl DecodeScratch {
+    /// This thread's buffers (new ones where none are kept here, e.g. lent to another piece),
+    /// each grown to hold at least `q`, `k` and `v` values.
+    fn take(q: usize, k: usize, v: usize) -> ScratchLoan {
+        let mut s = DECODE_SCRATCH.take().unwrap_or_else(|| DecodeScratch {
+            qf: Vec::new(),
+            kbuf: Vec::new(),
+            vbuf: Vec::new(),
+            scores: Box::new([[0f32; DECODE_CHUNK]; wide::HEADS]),
+            rows: vec![std::ptr::null(); 2 * DECODE_CHUNK],
+        });
+        for (buf, len) in [(&mut s.qf, q), (&mut s.kbuf, k), (&mut s.vbuf, v)] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        ScratchLoan(Some(s))
+    }
+}
+
+impl ScratchLoan {
+    fn parts(&mut self) -> &mut DecodeScratch {
+        self.0.as_mut().expect("a loan holds its buffers until it drops")
+    }
+}
+
+impl Drop for ScratchLoan {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            // Dropped with the thread's storage where that is already gone.
+            let _ = DECODE_SCRATCH.try_with(|cell| cell.set(Some(s)));
+        }
+    }
+}
+
 /// aiaas patch: one decoding step's attention for every sequence of `seqs` (one query row
 /// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
 /// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
@@ -1094,16 +1149,11 @@ where
             .zip(tasks.par_iter())
             .for_each_init(
                 || {
-                    let qf = vec![0f32; group.max(wide::HEADS) * d];
-                    let (kbuf, vbuf) = if wide {
-                        (Vec::new(), Vec::new())
-                    } else {
-                        (vec![0f32; DECODE_CHUNK * d], vec![0f32; DECODE_CHUNK * dv])
-                    };
-                    let rows = vec![std::ptr::null::<f16>(); 2 * DECODE_CHUNK];
-                    (qf, kbuf, vbuf, [[0f32; DECODE_CHUNK]; wide::HEADS], rows)
+                    let (k, v) = if wide { (0, 0) } else { (DECODE_CHUNK * d, DECODE_CHUNK * dv) };
+                    DecodeScratch::take(group.max(wide::HEADS) * d, k, v)
                 },
-                |(qf, kbuf, vbuf, scores, rows), (((acc, sums), maxes), &(s, g, c))| {
+                |scratch, (((acc, sums), maxes), &(s, g, c))| {
+                    let DecodeScratch { qf, kbuf, vbuf, scores, rows } = scratch.parts();
                     let seq = &seqs[s];
                     let start = c * DECODE_CHUNK;
                     let n = DECODE_CHUNK.min(seq.kv_len - start);
