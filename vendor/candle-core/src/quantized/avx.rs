@@ -265,6 +265,41 @@ pub(crate) fn pack_q4_1_x8(xs: &[BlockQ4_1], blocks: usize, rows: usize, out: &m
     }
 }
 
+/// aiaas patch: the next panel's `bytes` bytes from `next`, requested from memory a share per
+/// block column of the current panel (whole cache lines, the same for every block but the last
+/// ones), so that they arrive while this panel is computed: one loop of one prefetch per line,
+/// without the per-line range check that cost the one-row kernels eight instructions a line
+/// (`AIAAS-PATCH.md`, item 16).
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead {
+    next: *const i8,
+    bytes: usize,
+    share: usize,
+}
+
+impl Ahead {
+    #[inline(always)]
+    pub(crate) fn new(next: *const u8, bytes: usize, blocks: usize) -> Self {
+        let share = bytes.div_ceil(64).div_ceil(blocks.max(1)) * 64;
+        Self { next: next as *const i8, bytes, share }
+    }
+
+    /// Requests block column `b`'s share.
+    ///
+    /// # Safety
+    /// `next` must be valid for `bytes` bytes (a prefetch never faults, but the address must
+    /// stay within its allocation).
+    #[inline(always)]
+    pub(crate) unsafe fn block(self, b: usize) {
+        let mut at = b * self.share;
+        let end = (at + self.share).min(self.bytes);
+        while at < end {
+            _mm_prefetch::<_MM_HINT_T0>(self.next.add(at));
+            at += 64;
+        }
+    }
+}
+
 // aiaas patch: the integer part of the panel kernels: lanes of 32 bits accumulating products
 // of four unsigned bytes (weight values, 0..=15) with four signed bytes (input values). With
 // `VNNI` (AVX-512 VNNI), one `vpdpbusd` per step into 32-bit lanes; without, one `maddubs`
@@ -374,14 +409,9 @@ pub(crate) fn gemm_q4_1_q8_1_direct<const R: usize, const VNNI: bool>(
         let nibble = _mm256_set1_epi8(0xF);
         let half = _mm256_set1_epi32(0xFFFF);
         let mut acc = [_mm256_setzero_ps(); R];
-        let next_bytes = std::mem::size_of_val(next);
-        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        let ahead = Ahead::new(next.as_ptr() as *const u8, std::mem::size_of_val(next), blocks);
         for b in 0..blocks {
-            for line in b * lines_per_block..(b + 1) * lines_per_block {
-                if line * 64 < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
-                }
-            }
+            ahead.block(b);
             // Rows `j` and `j + 4`, 16 bytes from byte `at` of block `b`.
             let pair = |j: usize, at: usize| {
                 let lo = (row[j].add(b) as *const u8).add(at) as *const __m128i;
@@ -497,14 +527,9 @@ pub(crate) fn gemm_q4_1x8_q8_1_direct<const R: usize, const VNNI: bool>(
         let base = xs.as_ptr() as *const u8;
         let nibble = _mm256_set1_epi8(0xF);
         let mut acc = [_mm256_setzero_ps(); R];
-        let next_bytes = std::mem::size_of_val(next);
-        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        let ahead = Ahead::new(next.as_ptr() as *const u8, std::mem::size_of_val(next), blocks);
         for b in 0..blocks {
-            for line in b * lines_per_block..(b + 1) * lines_per_block {
-                if line * 64 < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
-                }
-            }
+            ahead.block(b);
             let column = base.add(b * INTERLEAVED_Q4_1_BYTES);
             let wd = _mm256_cvtph_ps(_mm_loadu_si128(column as *const __m128i));
             let wm = _mm256_cvtph_ps(_mm_loadu_si128(column.add(16) as *const __m128i));
@@ -616,14 +641,9 @@ pub(crate) fn gemm_q8_0_q8_0_direct<const R: usize, const VNNI: bool>(
         let row: [*const BlockQ8_0; 8] =
             std::array::from_fn(|j| xs.as_ptr().add(j.min(rows - 1) * blocks));
         let mut acc = [_mm256_setzero_ps(); R];
-        let next_bytes = std::mem::size_of_val(next);
-        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        let ahead = Ahead::new(next.as_ptr() as *const u8, std::mem::size_of_val(next), blocks);
         for b in 0..blocks {
-            for line in b * lines_per_block..(b + 1) * lines_per_block {
-                if line * 64 < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
-                }
-            }
+            ahead.block(b);
             // Rows `j` and `j + 4`, values `at..at + 16` of block `b`.
             let pair = |j: usize, at: usize| {
                 let lo = (*row[j].add(b)).qs.as_ptr().add(at) as *const __m128i;
@@ -752,14 +772,9 @@ pub(crate) fn gemm_q8_0x8_q8_0_direct<const R: usize, const VNNI: bool>(
     unsafe {
         let base = xs.as_ptr() as *const u8;
         let mut acc = [_mm256_setzero_ps(); R];
-        let next_bytes = std::mem::size_of_val(next);
-        let lines_per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        let ahead = Ahead::new(next.as_ptr() as *const u8, std::mem::size_of_val(next), blocks);
         for b in 0..blocks {
-            for line in b * lines_per_block..(b + 1) * lines_per_block {
-                if line * 64 < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>((next.as_ptr() as *const i8).add(line * 64));
-                }
-            }
+            ahead.block(b);
             let column = base.add(b * INTERLEAVED_Q8_0_BYTES);
             let wd = _mm256_cvtph_ps(_mm_loadu_si128(column as *const __m128i));
             let words: [__m256i; 8] = std::array::from_fn(|g| {

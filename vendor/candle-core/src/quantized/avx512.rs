@@ -19,7 +19,7 @@
 //! multiple of eight) is computed on the same 16 lanes with its upper half ignored.
 
 use super::amx::PREPARED_BYTES;
-use super::avx::{INTERLEAVED_Q4_1_BYTES, INTERLEAVED_Q8_0_BYTES};
+use super::avx::{Ahead, INTERLEAVED_Q4_1_BYTES, INTERLEAVED_Q8_0_BYTES};
 use super::k_quants::{switch_on, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK4_1, QK8_0};
 use core::arch::x86_64::*;
 use rayon::prelude::*;
@@ -352,13 +352,9 @@ unsafe fn direct<const R: usize>(
 ) {
     let nibble = _mm512_set1_epi8(0xF);
     let mut acc = [_mm512_setzero_ps(); R];
-    let lines_per_block = weights.next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+    let ahead = Ahead::new(weights.next, weights.next_bytes, blocks);
     for b in 0..blocks {
-        for line in b * lines_per_block..(b + 1) * lines_per_block {
-            if line * 64 < weights.next_bytes {
-                _mm_prefetch::<_MM_HINT_T0>(weights.next.add(line * 64) as *const i8);
-            }
-        }
+        ahead.block(b);
         let l = weights.low.add(b * INTERLEAVED_Q4_1_BYTES);
         let h = weights.high.add(b * INTERLEAVED_Q4_1_BYTES);
         let scales = |at: usize| {
@@ -483,13 +479,9 @@ unsafe fn direct_q8_0<const R: usize>(
 ) {
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [_mm512_setzero_ps(); R];
-    let lines_per_block = weights.next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+    let ahead = Ahead::new(weights.next, weights.next_bytes, blocks);
     for b in 0..blocks {
-        for line in b * lines_per_block..(b + 1) * lines_per_block {
-            if line * 64 < weights.next_bytes {
-                _mm_prefetch::<_MM_HINT_T0>(weights.next.add(line * 64) as *const i8);
-            }
-        }
+        ahead.block(b);
         let l = weights.low.add(b * INTERLEAVED_Q8_0_BYTES);
         let h = weights.high.add(b * INTERLEAVED_Q8_0_BYTES);
         let wd = _mm512_cvtph_ps(_mm256_loadu2_m128i(
