@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor, WithDType};
 use half::f16;
 
 mod common;
@@ -44,25 +44,47 @@ fn f32_values(len: usize) -> Vec<f32> {
     v
 }
 
-fn same_f16(got: &[f16], want: &[f16], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-            "{what}: value {i}: {g:?} ({:#06x}) instead of {w:?} ({:#06x})",
-            g.to_bits(),
-            w.to_bits()
-        );
+/// A converted value's bits, and whether it is a NaN (whose payload is not compared).
+trait Converted: WithDType + std::fmt::Debug {
+    fn bits(self) -> u32;
+    fn nan(self) -> bool;
+}
+
+impl Converted for f16 {
+    fn bits(self) -> u32 {
+        self.to_bits().into()
+    }
+    fn nan(self) -> bool {
+        self.is_nan()
     }
 }
 
-fn same_f32(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-            "{what}: value {i}: {g} instead of {w}"
-        );
+impl Converted for f32 {
+    fn bits(self) -> u32 {
+        self.to_bits()
+    }
+    fn nan(self) -> bool {
+        self.is_nan()
+    }
+}
+
+/// Every view of `t` (`views`) converted to `D` by `to_dtype`, against `one` applied to each
+/// of its values, to the bit.
+fn check_views<S: WithDType + std::fmt::Debug, D: Converted>(t: &Tensor, one: impl Fn(S) -> D) {
+    for (what, view) in views(t) {
+        let got = view.to_dtype(D::DTYPE).unwrap().flatten_all().unwrap();
+        let got = got.to_vec1::<D>().unwrap();
+        let values = view.flatten_all().unwrap().to_vec1::<S>().unwrap();
+        assert_eq!(got.len(), values.len(), "{what}: lengths");
+        for (i, (g, v)) in got.into_iter().zip(values).enumerate() {
+            let w = one(v);
+            assert!(
+                g.bits() == w.bits() || (g.nan() && w.nan()),
+                "{what}: value {i} ({v:?}): {g:?} ({:#x}) instead of {w:?} ({:#x})",
+                g.bits(),
+                w.bits()
+            );
+        }
     }
 }
 
@@ -85,18 +107,7 @@ fn f32_to_f16_matches_one_value_at_a_time() {
     // 5 x 37: runs that are not multiples of eight, so every tail is converted too.
     let values = f32_values(5 * 37);
     let t = Tensor::from_vec(values, (5, 37), &Device::Cpu).unwrap();
-    for (what, view) in views(&t) {
-        let got = view.to_dtype(DType::F16).unwrap().flatten_all().unwrap();
-        let want: Vec<f16> = view
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        same_f16(&got.to_vec1::<f16>().unwrap(), &want, what);
-    }
+    check_views(&t, f16::from_f32);
 }
 
 #[test]
@@ -104,16 +115,5 @@ fn f16_to_f32_matches_one_value_at_a_time() {
     // Every f16 bit pattern, so subnormals, infinities and NaNs are all widened.
     let halves: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
     let t = Tensor::from_vec(halves, (256, 256), &Device::Cpu).unwrap();
-    for (what, view) in views(&t) {
-        let got = view.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let want: Vec<f32> = view
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f16>()
-            .unwrap()
-            .into_iter()
-            .map(f16::to_f32)
-            .collect();
-        same_f32(&got.to_vec1::<f32>().unwrap(), &want, what);
-    }
+    check_views(&t, f16::to_f32);
 }
