@@ -1,6 +1,41 @@
-//! aiaas patch: eight-lane `f32` kernels shared by the CPU attention (`exp_sub_sum`) and the
+//! aiaas patch: eight-lane `f32` kernels shared by the CPU attention (`max`, `exp_sub_sum`) and the
 //! MLP's activation (`silu_mul`). With AVX2 + FMA (x86-64-v3 builds) they compute `e^x` eight
 //! lanes at a time (`exp8`); elsewhere they are plain loops over `f32::exp`.
+
+/// The largest of `x`'s values that are not NaN (`-inf` if there is none), as a fold with
+/// `f32::max` gives it, but eight lanes at a time: only the sign of a zero maximum may differ,
+/// which no use of it can tell (`x - m`, `exp(m' - m)`, comparisons). With AVX2 `x.len()` must
+/// be a multiple of eight.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    use core::arch::x86_64::*;
+    assert!(x.len() % 8 == 0);
+    // SAFETY: every load reads eight values below `x.len()`; AVX2 is enabled at compile time.
+    // `_mm256_max_ps(a, b)` returns `b` where either is NaN, so with the running maximum as `b`
+    // (never NaN: it starts at `-inf`) NaN values are skipped, as `f32::max` skips them.
+    unsafe {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..x.len()).step_by(8) {
+            m = _mm256_max_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m);
+        }
+        let q = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_max_ss(q, _mm_movehdup_ps(q)))
+    }
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
 
 /// `x[j] = exp(x[j] - m)` for every `j`, returning their sum; `-inf` gives exactly 0. With AVX2
 /// `x.len()` must be a multiple of eight.

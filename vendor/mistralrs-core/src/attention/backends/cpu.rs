@@ -567,14 +567,18 @@ mod wide {
 /// line (a prefetch never faults; a no-op off x86-64).
 fn prefetch(rows: impl IntoIterator<Item = *const u8>, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    for row in rows {
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                    row.wrapping_add(off) as *const i8,
-                )
-            };
+    {
+        // A counted loop per row (a `step_by` range costs more than the prefetch itself).
+        let lines = bytes.div_ceil(64);
+        for row in rows {
+            for line in 0..lines {
+                // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        row.wrapping_add(64 * line) as *const i8,
+                    )
+                };
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1009,6 +1013,21 @@ fn decode_dots8() -> bool {
     crate::layers::switch_on(&ON, "AIAAS_DECODE_DOTS8")
 }
 
+/// aiaas patch: whether a decoding task requests its chunk's K and V rows from memory before
+/// it reads them (item 18); `AIAAS_DECODE_PREFETCH=off` leaves them to the hardware (for
+/// side-by-side runs).
+fn decode_prefetch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::layers::switch_on(&ON, "AIAAS_DECODE_PREFETCH")
+}
+
+/// aiaas patch (item 20): whether `decode_attention` may make a task of a whole (sequence,
+/// group) pair; `AIAAS_DECODE_WHOLE=off` keeps a task per chunk (for side-by-side runs).
+fn decode_whole() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    crate::layers::switch_on(&ON, "AIAAS_DECODE_WHOLE")
+}
+
 /// aiaas patch: query heads, key and value heads, and their widths.
 #[derive(Clone, Copy)]
 struct DecodeHeads {
@@ -1031,7 +1050,8 @@ const DECODE_CHUNK: usize = 64;
 
 /// aiaas patch: a decoding task's working memory: its query heads in `f32`, its chunk's K and V
 /// rows widened to `f32` (the widening kernel only), its heads' scores, and its K and V row
-/// addresses. Rayon runs `for_each_init`'s `init` for every piece it splits the tasks into,
+/// addresses, and a whole-pair task's chunk states (item 20). Rayon runs `for_each_init`'s
+/// `init` for every piece it splits the tasks into,
 /// often one task, so the buffers are kept per thread (`DECODE_SCRATCH`) rather than allocated
 /// and zeroed there: `take` lends them to a piece and its guard gives them back.
 struct DecodeScratch {
@@ -1040,6 +1060,8 @@ struct DecodeScratch {
     vbuf: Vec<f32>,
     scores: Box<[[f32; DECODE_CHUNK]; wide::HEADS]>,
     rows: Vec<*const f16>,
+    /// A whole-pair task's chunk states (item 20).
+    parts: Vec<f32>,
 }
 
 thread_local! {
@@ -1052,15 +1074,16 @@ struct ScratchLoan(Option<DecodeScratch>);
 impl DecodeScratch {
     /// This thread's buffers (new ones where none are kept here, e.g. lent to another piece),
     /// each grown to hold at least `q`, `k` and `v` values.
-    fn take(q: usize, k: usize, v: usize) -> ScratchLoan {
+    fn take(q: usize, k: usize, v: usize, parts: usize) -> ScratchLoan {
         let mut s = DECODE_SCRATCH.take().unwrap_or_else(|| DecodeScratch {
             qf: Vec::new(),
             kbuf: Vec::new(),
             vbuf: Vec::new(),
             scores: Box::new([[0f32; DECODE_CHUNK]; wide::HEADS]),
             rows: vec![std::ptr::null(); 2 * DECODE_CHUNK],
+            parts: Vec::new(),
         });
-        for (buf, len) in [(&mut s.qf, q), (&mut s.kbuf, k), (&mut s.vbuf, v)] {
+        for (buf, len) in [(&mut s.qf, q), (&mut s.kbuf, k), (&mut s.vbuf, v), (&mut s.parts, parts)] {
             if buf.len() < len {
                 buf.resize(len, 0.0);
             }
@@ -1085,21 +1108,20 @@ impl Drop for ScratchLoan {
 }
 
 /// aiaas patch: one decoding step's attention for every sequence of `seqs` (one query row
-/// each), as one parallel loop: a task per sequence, group of query heads sharing a key and
-/// value head (grouped-query attention), and chunk of `DECODE_CHUNK` key positions (counted
-/// from position 0). With `f16` caches, head widths that are multiples of 16 and a CPU with
-/// AVX-512 (`decode_avx512`), a task requests all its chunk's K and V rows from memory, then
-/// reads them where they lie, converting each row once for up to three heads of the group
-/// (`wide`). Otherwise it widens its chunk's K and V rows to `f32` once for the group,
-/// scores each head's query against them (eight positions per horizontal sum, `lanes::dots8`,
-/// where the head width is a multiple of eight), takes the chunk's maximum, and sums the
-/// weighted V rows in registers (`lanes::weighted_sum`). The chunks of a head are then merged
-/// in order. Every output depends only on its own sequence's data (and mask), never on the
-/// other sequences nor on how many there are, so a sequence gets the same bits alone and
+/// each). The work is split into chunks of `DECODE_CHUNK` key positions (counted from position
+/// 0) per sequence and group of query heads sharing a key and value head (grouped-query
+/// attention); each chunk gives its heads a partial softmax state (`decode_chunk`), and a
+/// head's chunks are then merged in order (`merge_head`). Where there are at least
+/// `WHOLE_GROUP_TASKS` (sequence, group) pairs per thread of the pool (item 20: a batch), a
+/// task takes a whole pair, its chunks one after the other and then their merge, and writes
+/// the pair's outputs; otherwise (one or two sequences) a task takes one chunk, and a second
+/// parallel loop merges. Either way every chunk and every merge computes the same values in the
+/// same order, and every output depends only on its own sequence's data (and mask), never on
+/// the other sequences nor on how many there are, so a sequence gets the same bits alone and
 /// batched. Returns `[seq][head][dv]`.
 fn decode_attention<T>(
     seqs: &[DecodeSeq<'_, T>],
-    DecodeHeads { h, k_h, v_h, d, dv }: DecodeHeads,
+    heads: DecodeHeads,
     mask: Option<&MaskInfo<'_>>,
     scale: f32,
     max_bias: f32,
@@ -1108,169 +1130,101 @@ fn decode_attention<T>(
 where
     T: WithDType + Copy + DowncastF32 + WidenF32,
 {
+    let DecodeHeads { h, k_h, v_h, d, dv } = heads;
     let rk2 = h / k_h;
     let rv2 = h / v_h;
     // Query heads per task: a key head's group where the value heads are grouped alike.
     let group = if rk2 == rv2 { rk2 } else { 1 };
     let groups = h / group;
     let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
-    let slope = |h_i: usize| {
-        if max_bias > 0.0 {
-            2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-        } else {
-            1.0
-        }
+    let step = DecodeStep {
+        heads,
+        group,
+        mask,
+        scale,
+        logit_softcap,
+        slopes: (0..h)
+            .map(|h_i| {
+                if max_bias > 0.0 {
+                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+                } else {
+                    1.0
+                }
+            })
+            .collect(),
+        dots8: decode_dots8(),
+        // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
+        wide: decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0,
+        prefetch: decode_prefetch(),
     };
-    // Tasks: (sequence, group, chunk); `first[s]` is sequence `s`'s first task.
-    let mut first = Vec::with_capacity(seqs.len() + 1);
-    let mut tasks = Vec::new();
-    for (s, seq) in seqs.iter().enumerate() {
-        first.push(tasks.len());
-        for g in 0..groups {
-            for c in 0..seq.kv_len.div_ceil(DECODE_CHUNK) {
-                tasks.push((s, g, c));
-            }
-        }
-    }
-    first.push(tasks.len());
-    let mut part_acc = vec![0f32; tasks.len() * group * dv];
-    let mut part_s = vec![0f32; tasks.len() * group];
-    let mut part_m = vec![f32::NEG_INFINITY; tasks.len() * group];
+    let scratch = |dv_parts: usize| {
+        let (k, v) = if step.wide { (0, 0) } else { (DECODE_CHUNK * d, DECODE_CHUNK * dv) };
+        DecodeScratch::take(group.max(wide::HEADS) * d, k, v, dv_parts)
+    };
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
-    let dots8 = decode_dots8();
-    // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
-    let wide = decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0;
 
     in_attention_pool(|| {
+        let whole = decode_whole()
+            && seqs.len() * groups >= WHOLE_GROUP_TASKS * rayon::current_num_threads();
+        if whole {
+            // Item 20: a task per (sequence, group), writing its heads' outputs, which are
+            // contiguous in `out`.
+            let most = seqs.iter().map(|s| s.kv_len.div_ceil(DECODE_CHUNK)).max().unwrap_or(0);
+            out.par_chunks_mut(group * dv).enumerate().for_each_init(
+                || scratch(most * group * (dv + 2) + dv),
+                |loan, (pair, out)| {
+                    let (s, g) = (pair / groups, pair % groups);
+                    let chunks = seqs[s].kv_len.div_ceil(DECODE_CHUNK);
+                    let sc = loan.parts();
+                    let mut parts = std::mem::take(&mut sc.parts);
+                    let (acc, rest) = parts.split_at_mut(chunks * group * dv);
+                    let (sums, rest) = rest.split_at_mut(chunks * group);
+                    let (maxes, rest) = rest.split_at_mut(chunks * group);
+                    let vkq = &mut rest[..dv];
+                    for c in 0..chunks {
+                        step.decode_chunk(
+                            sc,
+                            &seqs[s],
+                            g,
+                            c,
+                            &mut acc[c * group * dv..][..group * dv],
+                            &mut sums[c * group..][..group],
+                            &mut maxes[c * group..][..group],
+                        );
+                    }
+                    for (hg, out) in out.chunks_exact_mut(dv).enumerate() {
+                        merge_head(acc, sums, maxes, chunks, group, hg, vkq, out);
+                    }
+                    sc.parts = parts;
+                },
+            );
+            return;
+        }
+
+        // Tasks: (sequence, group, chunk); `first[s]` is sequence `s`'s first task.
+        let mut first = Vec::with_capacity(seqs.len() + 1);
+        let mut tasks = Vec::new();
+        for (s, seq) in seqs.iter().enumerate() {
+            first.push(tasks.len());
+            for g in 0..groups {
+                for c in 0..seq.kv_len.div_ceil(DECODE_CHUNK) {
+                    tasks.push((s, g, c));
+                }
+            }
+        }
+        first.push(tasks.len());
+        let mut part_acc = vec![0f32; tasks.len() * group * dv];
+        let mut part_s = vec![0f32; tasks.len() * group];
+        let mut part_m = vec![f32::NEG_INFINITY; tasks.len() * group];
         part_acc
             .par_chunks_mut(group * dv)
             .zip(part_s.par_chunks_mut(group))
             .zip(part_m.par_chunks_mut(group))
             .zip(tasks.par_iter())
             .for_each_init(
-                || {
-                    let (k, v) = if wide { (0, 0) } else { (DECODE_CHUNK * d, DECODE_CHUNK * dv) };
-                    DecodeScratch::take(group.max(wide::HEADS) * d, k, v)
-                },
-                |scratch, (((acc, sums), maxes), &(s, g, c))| {
-                    let DecodeScratch { qf, kbuf, vbuf, scores, rows } = scratch.parts();
-                    let seq = &seqs[s];
-                    let start = c * DECODE_CHUNK;
-                    let n = DECODE_CHUNK.min(seq.kv_len - start);
-                    // The task's query heads share one key head and one value head (a group of
-                    // several heads is formed only where they do). All the chunk's rows are
-                    // requested at once, keys first, so that many are in flight before the
-                    // first is read (the hardware prefetcher ramps up too slowly on streams
-                    // this short).
-                    let (k_head, v_head) = (g * group / rk2, g * group / rv2);
-                    let size = std::mem::size_of::<T>();
-                    let k_row = |j| cache_row(seq.k, seq.kstride, seq.b_i, start + j, k_head, d);
-                    let v_row = |j| cache_row(seq.v, seq.vstride, seq.b_i, start + j, v_head, dv);
-                    prefetch((0..n).map(|j| k_row(j).as_ptr().cast()), size * d);
-                    prefetch((0..n).map(|j| v_row(j).as_ptr().cast()), size * dv);
-                    // A head's raw scores become its softmax weights: mask, scale and soft-cap
-                    // per position, then `exp(x - max)` (zero past `n`). Returns the chunk's
-                    // maximum and the weights' sum; all weights zero where every position is
-                    // masked (maximum `-inf`).
-                    let softmax = |scores: &mut [f32; DECODE_CHUNK], h_i: usize| {
-                        let slope = slope(h_i);
-                        for (j, x) in scores[..n].iter_mut().enumerate() {
-                            let delta = mask
-                                .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
-                                .unwrap_or(0.0);
-                            *x = if delta == f32::NEG_INFINITY {
-                                f32::NEG_INFINITY
-                            } else {
-                                softcap(*x * scale, logit_softcap) + delta
-                            };
-                        }
-                        let m = scores[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        if m == f32::NEG_INFINITY {
-                            scores.fill(0.0);
-                            return (m, 0.0);
-                        }
-                        scores[n..].fill(f32::NEG_INFINITY);
-                        (m, crate::simd::exp_sub_sum(scores, m))
-                    };
-                    if wide {
-                        // `wide` is only set where `T` is `f16`, so the rows are halves.
-                        let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
-                        for j in 0..n {
-                            krows[j] = k_row(j).as_ptr().cast();
-                            vrows[j] = v_row(j).as_ptr().cast();
-                        }
-                        for hg0 in (0..group).step_by(wide::HEADS) {
-                            let hs = (group - hg0).min(wide::HEADS);
-                            let h0 = g * group + hg0;
-                            for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
-                                let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
-                                T::widen(&seq.q[q_base..q_base + d], qf);
-                            }
-                            // SAFETY: `wide` means the CPU has AVX-512 F; every row pointer
-                            // comes from a bounds-checked slice of `d` (keys) or `dv` (values)
-                            // halves, both multiples of 16; `qf` holds `HEADS·d` values and
-                            // `acc` `group·dv`, `hg0 + hs <= group`.
-                            unsafe {
-                                match hs {
-                                    1 => wide::scores::<1>(qf, d, &krows[..n], scores),
-                                    2 => wide::scores::<2>(qf, d, &krows[..n], scores),
-                                    _ => wide::scores::<3>(qf, d, &krows[..n], scores),
-                                }
-                            }
-                            for hh in 0..hs {
-                                let (m, sum) = softmax(&mut scores[hh], h0 + hh);
-                                maxes[hg0 + hh] = m;
-                                sums[hg0 + hh] = sum;
-                            }
-                            let acc = &mut acc[hg0 * dv..(hg0 + hs) * dv];
-                            acc.fill(0.0);
-                            // SAFETY: as above.
-                            unsafe {
-                                match hs {
-                                    1 => wide::weighted::<1>(scores, &vrows[..n], dv, acc),
-                                    2 => wide::weighted::<2>(scores, &vrows[..n], dv, acc),
-                                    _ => wide::weighted::<3>(scores, &vrows[..n], dv, acc),
-                                }
-                            }
-                        }
-                        return;
-                    }
-                    let qf = &mut qf[..d];
-                    let scores = &mut scores[0];
-                    // The chunk's K and V rows, widened once for the task's heads.
-                    for (j, dst) in kbuf[..n * d].chunks_exact_mut(d).enumerate() {
-                        T::widen(k_row(j), dst);
-                    }
-                    for (j, dst) in vbuf[..n * dv].chunks_exact_mut(dv).enumerate() {
-                        T::widen(v_row(j), dst);
-                    }
-                    for hg in 0..group {
-                        let h_i = g * group + hg;
-                        let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
-                        T::widen(&seq.q[q_base..q_base + d], qf);
-                        if dots8 && d % 8 == 0 {
-                            // Eight positions per horizontal sum; the rows past `n` in the last
-                            // block are scored too (`kbuf` holds `DECODE_CHUNK` rows) and
-                            // dropped, so a position's score does not depend on `kv_len`.
-                            for blk in (0..n).step_by(8) {
-                                let raw = lanes::dots8(qf, &kbuf[blk * d..], d);
-                                let end = n.min(blk + 8);
-                                scores[blk..end].copy_from_slice(&raw[..end - blk]);
-                            }
-                        } else {
-                            for (x, k_row) in scores.iter_mut().zip(kbuf[..n * d].chunks_exact(d)) {
-                                *x = lanes::dot(qf, k_row);
-                            }
-                        }
-                        let (m, sum) = softmax(scores, h_i);
-                        maxes[hg] = m;
-                        sums[hg] = sum;
-                        let acc = &mut acc[hg * dv..][..dv];
-                        acc.fill(0.0);
-                        if m != f32::NEG_INFINITY {
-                            lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
-                        }
-                    }
+                || scratch(0),
+                |loan, (((acc, sums), maxes), &(s, g, c))| {
+                    step.decode_chunk(loan.parts(), &seqs[s], g, c, acc, sums, maxes);
                 },
             );
 
@@ -1281,37 +1235,239 @@ where
                 let (s, h_i) = (slot / h, slot % h);
                 let (g, hg) = (h_i / group, h_i % group);
                 let chunks = seqs[s].kv_len.div_ceil(DECODE_CHUNK);
-                vkq.fill(0.0);
-                let mut sum = 0f32;
-                let mut m = f32::NEG_INFINITY;
-                for c in 0..chunks {
-                    let idx = (first[s] + g * chunks + c) * group + hg;
-                    let m_b = part_m[idx];
-                    if m_b == f32::NEG_INFINITY {
-                        continue;
-                    }
-                    let s_b = part_s[idx];
-                    let vkq_b = &part_acc[idx * dv..][..dv];
-                    if m_b <= m {
-                        let factor = (m_b - m).exp();
-                        lanes::axpy(vkq, factor, vkq_b);
-                        sum += s_b * factor;
-                    } else {
-                        let factor = (m - m_b).exp();
-                        scale_in_place(vkq, factor);
-                        lanes::axpy(vkq, 1.0, vkq_b);
-                        sum = sum * factor + s_b;
-                        m = m_b;
-                    }
-                }
-                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                for (o, v) in out.iter_mut().zip(vkq.iter()) {
-                    *o = T::cast(*v * inv);
-                }
+                let t0 = first[s] + g * chunks;
+                let (acc, sums, maxes) = (
+                    &part_acc[t0 * group * dv..][..chunks * group * dv],
+                    &part_s[t0 * group..][..chunks * group],
+                    &part_m[t0 * group..][..chunks * group],
+                );
+                merge_head(acc, sums, maxes, chunks, group, hg, vkq, out);
             },
         );
     });
     out
+}
+
+/// aiaas patch (item 20): the fewest (sequence, group) pairs per thread for which
+/// `decode_attention` makes a task of each pair rather than of each chunk.
+const WHOLE_GROUP_TASKS: usize = 4;
+
+/// aiaas patch: what every chunk of one decoding step's attention shares.
+struct DecodeStep<'m> {
+    heads: DecodeHeads,
+    group: usize,
+    mask: Option<&'m MaskInfo<'m>>,
+    scale: f32,
+    logit_softcap: f32,
+    /// Each query head's ALiBi slope (1 without).
+    slopes: Vec<f32>,
+    dots8: bool,
+    wide: bool,
+    prefetch: bool,
+}
+
+impl DecodeStep<'_> {
+    /// Chunk `c` of sequence `seq` for the query heads of group `g`: each head's partial
+    /// softmax state over the chunk's positions, its maximum logit in `maxes`, the sum of its
+    /// weights in `sums` and the weighted sum of the value rows in `acc` (`dv` per head; all
+    /// zero, maximum `-inf`, where every position is masked).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_chunk<T>(
+        &self,
+        scratch: &mut DecodeScratch,
+        seq: &DecodeSeq<'_, T>,
+        g: usize,
+        c: usize,
+        acc: &mut [f32],
+        sums: &mut [f32],
+        maxes: &mut [f32],
+    ) where
+        T: WithDType + Copy + DowncastF32 + WidenF32,
+    {
+        let DecodeHeads { h, k_h, v_h, d, dv } = self.heads;
+        let group = self.group;
+        let DecodeScratch { qf, kbuf, vbuf, scores, rows, .. } = scratch;
+        let start = c * DECODE_CHUNK;
+        let n = DECODE_CHUNK.min(seq.kv_len - start);
+        // The task's query heads share one key head and one value head (a group of several
+        // heads is formed only where they do).
+        let (k_head, v_head) = (g * group / (h / k_h), g * group / (h / v_h));
+        let k_row = |j| cache_row(seq.k, seq.kstride, seq.b_i, start + j, k_head, d);
+        let v_row = |j| cache_row(seq.v, seq.vstride, seq.b_i, start + j, v_head, dv);
+        // The chunk's row addresses, bounds-checked once (its first and last rows; the rows
+        // between lie between them).
+        let (krows, vrows) = rows.split_at_mut(DECODE_CHUNK);
+        let (k0, kn) = (k_row(0).as_ptr(), k_row(n - 1).as_ptr());
+        let (v0, vn) = (v_row(0).as_ptr(), v_row(n - 1).as_ptr());
+        for j in 0..n {
+            // SAFETY: row `j` of the chunk lies within `seq.k` / `seq.v`, from `k0` (`v0`)
+            // to `kn` (`vn`), both bounds-checked; rows are `stride[1]` elements apart.
+            unsafe {
+                krows[j] = k0.add(j * seq.kstride[1]).cast();
+                vrows[j] = v0.add(j * seq.vstride[1]).cast();
+            }
+        }
+        debug_assert!(n == 0 || (krows[n - 1] == kn.cast() && vrows[n - 1] == vn.cast()));
+        // All the chunk's rows are requested at once, keys first, so that many are in flight
+        // before the first is read (the hardware prefetcher ramps up too slowly on streams this
+        // short).
+        if self.prefetch {
+            let size = std::mem::size_of::<T>();
+            prefetch(krows[..n].iter().map(|&r| r.cast()), size * d);
+            prefetch(vrows[..n].iter().map(|&r| r.cast()), size * dv);
+        }
+        // A head's raw scores become its softmax weights: mask, scale and soft-cap per
+        // position, then `exp(x - max)` (zero past `n`). Returns the chunk's maximum and the
+        // weights' sum; all weights zero where every position is masked (maximum `-inf`).
+        let softmax = |scores: &mut [f32; DECODE_CHUNK], h_i: usize| {
+            match self.mask {
+                // Without a mask or soft-cap, the same `x * scale + 0.0` in a loop that
+                // vectorizes.
+                None if self.logit_softcap == 0.0 => {
+                    for x in scores[..n].iter_mut() {
+                        *x = *x * self.scale + 0.0;
+                    }
+                }
+                _ => {
+                    let slope = self.slopes[h_i];
+                    for (j, x) in scores[..n].iter_mut().enumerate() {
+                        let delta = self
+                            .mask
+                            .map(|mask| slope * mask.value(seq.b_i, h_i, 0, start + j))
+                            .unwrap_or(0.0);
+                        *x = if delta == f32::NEG_INFINITY {
+                            f32::NEG_INFINITY
+                        } else {
+                            softcap(*x * self.scale, self.logit_softcap) + delta
+                        };
+                    }
+                }
+            }
+            scores[n..].fill(f32::NEG_INFINITY);
+            let m = crate::simd::max(scores);
+            if m == f32::NEG_INFINITY {
+                scores.fill(0.0);
+                return (m, 0.0);
+            }
+            (m, crate::simd::exp_sub_sum(scores, m))
+        };
+        if self.wide {
+            for hg0 in (0..group).step_by(wide::HEADS) {
+                let hs = (group - hg0).min(wide::HEADS);
+                let h0 = g * group + hg0;
+                for (hh, qf) in qf.chunks_exact_mut(d).take(hs).enumerate() {
+                    let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
+                    T::widen(&seq.q[q_base..q_base + d], qf);
+                }
+                // SAFETY: `wide` means the CPU has AVX-512 F and `T` is `f16`; every row
+                // pointer holds `d` (keys) or `dv` (values) halves (see above), both multiples
+                // of 16; `qf` holds `HEADS·d` values and `acc` `group·dv`, `hg0 + hs <= group`.
+                unsafe {
+                    match hs {
+                        1 => wide::scores::<1>(qf, d, &krows[..n], scores),
+                        2 => wide::scores::<2>(qf, d, &krows[..n], scores),
+                        _ => wide::scores::<3>(qf, d, &krows[..n], scores),
+                    }
+                }
+                for hh in 0..hs {
+                    let (m, sum) = softmax(&mut scores[hh], h0 + hh);
+                    maxes[hg0 + hh] = m;
+                    sums[hg0 + hh] = sum;
+                }
+                let acc = &mut acc[hg0 * dv..(hg0 + hs) * dv];
+                acc.fill(0.0);
+                // SAFETY: as above.
+                unsafe {
+                    match hs {
+                        1 => wide::weighted::<1>(scores, &vrows[..n], dv, acc),
+                        2 => wide::weighted::<2>(scores, &vrows[..n], dv, acc),
+                        _ => wide::weighted::<3>(scores, &vrows[..n], dv, acc),
+                    }
+                }
+            }
+            return;
+        }
+        let qf = &mut qf[..d];
+        let scores = &mut scores[0];
+        // The chunk's K and V rows, widened once for the task's heads.
+        for (j, dst) in kbuf[..n * d].chunks_exact_mut(d).enumerate() {
+            T::widen(k_row(j), dst);
+        }
+        for (j, dst) in vbuf[..n * dv].chunks_exact_mut(dv).enumerate() {
+            T::widen(v_row(j), dst);
+        }
+        for hg in 0..group {
+            let h_i = g * group + hg;
+            let q_base = seq.b_i * seq.qstride[0] + h_i * seq.qstride[2];
+            T::widen(&seq.q[q_base..q_base + d], qf);
+            if self.dots8 && d % 8 == 0 {
+                // Eight positions per horizontal sum; the rows past `n` in the last block are
+                // scored too (`kbuf` holds `DECODE_CHUNK` rows) and dropped, so a position's
+                // score does not depend on `kv_len`.
+                for blk in (0..n).step_by(8) {
+                    let raw = lanes::dots8(qf, &kbuf[blk * d..], d);
+                    let end = n.min(blk + 8);
+                    scores[blk..end].copy_from_slice(&raw[..end - blk]);
+                }
+            } else {
+                for (x, k_row) in scores.iter_mut().zip(kbuf[..n * d].chunks_exact(d)) {
+                    *x = lanes::dot(qf, k_row);
+                }
+            }
+            let (m, sum) = softmax(scores, h_i);
+            maxes[hg] = m;
+            sums[hg] = sum;
+            let acc = &mut acc[hg * dv..][..dv];
+            acc.fill(0.0);
+            if m != f32::NEG_INFINITY {
+                lanes::weighted_sum(&scores[..n], &vbuf[..n * dv], dv, acc);
+            }
+        }
+    }
+}
+
+/// aiaas patch: head `hg` of a group's output from its `chunks` partial states (`acc`, `sums`
+/// and `maxes` laid out `[chunk][head of the group]`, `dv` values per head in `acc`), merged in
+/// chunk order; `vkq` is `dv` values of working memory.
+#[allow(clippy::too_many_arguments)]
+fn merge_head<T: DowncastF32>(
+    acc: &[f32],
+    sums: &[f32],
+    maxes: &[f32],
+    chunks: usize,
+    group: usize,
+    hg: usize,
+    vkq: &mut [f32],
+    out: &mut [T],
+) {
+    let dv = out.len();
+    vkq.fill(0.0);
+    let mut sum = 0f32;
+    let mut m = f32::NEG_INFINITY;
+    for c in 0..chunks {
+        let idx = c * group + hg;
+        let m_b = maxes[idx];
+        if m_b == f32::NEG_INFINITY {
+            continue;
+        }
+        let s_b = sums[idx];
+        let vkq_b = &acc[idx * dv..][..dv];
+        if m_b <= m {
+            let factor = (m_b - m).exp();
+            lanes::axpy(vkq, factor, vkq_b);
+            sum += s_b * factor;
+        } else {
+            let factor = (m - m_b).exp();
+            scale_in_place(vkq, factor);
+            lanes::axpy(vkq, 1.0, vkq_b);
+            sum = sum * factor + s_b;
+            m = m_b;
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for (o, v) in out.iter_mut().zip(vkq.iter()) {
+        *o = T::cast(*v * inv);
+    }
 }
 
 /// aiaas patch: the storages of `ts`, held for reading, with their layouts.
