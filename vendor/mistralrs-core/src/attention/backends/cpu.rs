@@ -1157,9 +1157,9 @@ where
         wide: decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0,
         prefetch: decode_prefetch(),
     };
-    let scratch = |dv_parts: usize| {
+    let scratch = |parts: usize| {
         let (k, v) = if step.wide { (0, 0) } else { (DECODE_CHUNK * d, DECODE_CHUNK * dv) };
-        DecodeScratch::take(group.max(wide::HEADS) * d, k, v, dv_parts)
+        DecodeScratch::take(group.max(wide::HEADS) * d, k, v, parts)
     };
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
 
