@@ -7,7 +7,9 @@
 //! every activation dtype the engine uses on CPU (f32, f16, bf16). Prompts are checked on both
 //! prompt kernels: the tiled one (the default) and the one of one query row at a time; decoding
 //! steps on both decoding kernels where the CPU has AVX-512 (the 512-bit one, which reads `f16`
-//! caches where they lie, and the one that widens them). The
+//! caches where they lie, and the one that widens them), each with a batch cut into a task per
+//! (sequence, head group) and into a task per chunk of positions, both forced whatever the
+//! number of threads. The
 //! MLP's activation (`mul_and_act`, SiLU of the gate times the up projection), which shares the
 //! attention's eight-lane `exp`, is checked here too, and so is the CPU rope (`rope_i_lanes`,
 //! against candle-nn's `rope_i`, to the bit).
@@ -16,8 +18,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use mistralrs_core::layers::{
-    decode_avx512, mul_and_act, rope_i_lanes, set_decode_avx512, set_prompt_tiles, Activation,
-    Sdpa, SdpaParams,
+    decode_avx512, mul_and_act, rope_i_lanes, set_decode_avx512, set_decode_tasks,
+    set_prompt_tiles, Activation, DecodeTasks, Sdpa, SdpaParams,
 };
 use std::sync::Mutex;
 
@@ -164,16 +166,29 @@ fn kernels(q_len: usize) -> Vec<(bool, bool)> {
     }
 }
 
+/// The ways a decoding step may be cut into tasks, each forced whatever the number of threads
+/// (`DecodeTasks::Auto` picks one of them by the number of (sequence, group) pairs per thread).
+const TASKS: [DecodeTasks; 2] = [DecodeTasks::Whole, DecodeTasks::Chunks];
+
 fn check(case: &Case) {
     let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
-    for (tiles, avx512) in kernels(case.q_len) {
+    let tasks: &[DecodeTasks] = if case.q_len == 1 {
+        &TASKS
+    } else {
+        &[DecodeTasks::Auto]
+    };
+    for ((tiles, avx512), &tasks) in kernels(case.q_len)
+        .into_iter()
+        .flat_map(|k| tasks.iter().map(move |t| (k, t)))
+    {
         set_prompt_tiles(tiles);
         set_decode_avx512(avx512);
+        set_decode_tasks(tasks);
         for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
             let diff = max_difference(case, dtype);
             assert!(
                 diff <= tolerance,
-                "{dtype:?}, prompt tiles {tiles}, decode AVX-512 {avx512}: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
+                "{dtype:?}, prompt tiles {tiles}, decode AVX-512 {avx512}, {tasks:?} tasks: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
                 case.batch,
                 case.heads,
                 case.kv_heads,
@@ -185,6 +200,7 @@ fn check(case: &Case) {
     }
     set_prompt_tiles(true);
     set_decode_avx512(true);
+    set_decode_tasks(DecodeTasks::Auto);
 }
 
 fn causal_mask(q_len: usize, kv_len: usize) -> Tensor {
@@ -408,17 +424,25 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                 sliding_window: None,
                 sinks: None,
             };
-            let together = Sdpa.run_ragged_decode(&qs, &ks, &vs, &params).unwrap();
-            assert_eq!(together.dims(), &[lens.len(), heads, 1, d]);
+            // The batch and each sequence alone, with the step cut both ways (a task per
+            // sequence and group, a task per chunk) whatever the number of threads.
+            let runs: Vec<(DecodeTasks, Tensor, Vec<Tensor>)> = TASKS
+                .iter()
+                .map(|&tasks| {
+                    set_decode_tasks(tasks);
+                    let together = Sdpa.run_ragged_decode(&qs, &ks, &vs, &params).unwrap();
+                    assert_eq!(together.dims(), &[lens.len(), heads, 1, d]);
+                    let alone = (0..lens.len())
+                        .map(|i| {
+                            Sdpa.run_attention(&qs[i], &ks[i], &vs[i], None, None, &params)
+                                .unwrap()
+                        })
+                        .collect();
+                    (tasks, together, alone)
+                })
+                .collect();
+            set_decode_tasks(DecodeTasks::Auto);
             for (i, &len) in lens.iter().enumerate() {
-                let alone = Sdpa
-                    .run_attention(&qs[i], &ks[i], &vs[i], None, None, &params)
-                    .unwrap();
-                let row = together.narrow(0, i, 1).unwrap();
-                assert!(
-                    common::same_bits(&flat_f32(&row), &flat_f32(&alone)),
-                    "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} ({len} positions) differs from its attention alone"
-                );
                 let case = Case {
                     batch: 1,
                     heads,
@@ -430,11 +454,21 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                     mask: None,
                 };
                 let expected = reference(&qs[i], &ks[i], &vs[i], &case, scale);
-                let diff = max_abs_difference(&row, &expected);
-                assert!(
-                    diff <= tolerance,
-                    "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} is {diff} from the reference"
-                );
+                let (first_tasks, first) = (runs[0].0, flat_f32(&runs[0].2[i]));
+                for (tasks, together, alone) in &runs {
+                    let batched = together.narrow(0, i, 1).unwrap();
+                    for (how, got) in [("batched", &batched), ("alone", &alone[i])] {
+                        assert!(
+                            common::same_bits(&flat_f32(got), &first),
+                            "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} ({len} positions) {how} in {tasks:?} tasks differs from it alone in {first_tasks:?} tasks"
+                        );
+                        let diff = max_abs_difference(got, &expected);
+                        assert!(
+                            diff <= tolerance,
+                            "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} {how} in {tasks:?} tasks is {diff} from the reference"
+                        );
+                    }
+                }
             }
         }
     }

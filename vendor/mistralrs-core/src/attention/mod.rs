@@ -8,7 +8,9 @@ mod backends;
 // aiaas patch: the CPU storage accessor, shared with the CPU rope (`layers::rope_i_lanes`).
 pub(crate) use backends::cpu::cpu_slice;
 
-pub use backends::{decode_avx512, set_decode_avx512, set_prompt_tiles};
+pub use backends::{
+    decode_avx512, decode_tasks, set_decode_avx512, set_decode_tasks, set_prompt_tiles, DecodeTasks,
+};
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};
 

@@ -1021,12 +1021,6 @@ fn decode_prefetch() -> bool {
     crate::layers::switch_on(&ON, "AIAAS_DECODE_PREFETCH")
 }
 
-/// aiaas patch (item 20): whether `decode_attention` may make a task of a whole (sequence,
-/// group) pair; `AIAAS_DECODE_WHOLE=off` keeps a task per chunk (for side-by-side runs).
-fn decode_whole() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::layers::switch_on(&ON, "AIAAS_DECODE_WHOLE")
-}
 
 /// aiaas patch: query heads, key and value heads, and their widths.
 #[derive(Clone, Copy)]
@@ -1111,11 +1105,11 @@ impl Drop for ScratchLoan {
 /// each). The work is split into chunks of `DECODE_CHUNK` key positions (counted from position
 /// 0) per sequence and group of query heads sharing a key and value head (grouped-query
 /// attention); each chunk gives its heads a partial softmax state (`decode_chunk`), and a
-/// head's chunks are then merged in order (`merge_head`). Where there are at least
-/// `WHOLE_GROUP_TASKS` (sequence, group) pairs per thread of the pool (item 20: a batch), a
-/// task takes a whole pair, its chunks one after the other and then their merge, and writes
-/// the pair's outputs; otherwise (one or two sequences) a task takes one chunk, and a second
-/// parallel loop merges. Either way every chunk and every merge computes the same values in the
+/// head's chunks are then merged in order (`merge_head`). Where `whole_pairs` says so (item
+/// 20: a batch, or contexts short enough), a task takes a whole (sequence, group) pair, its
+/// chunks one after the other and then their merge, and writes the pair's outputs; otherwise
+/// (one or two long sequences) a task takes one chunk, and a second parallel loop merges.
+/// Either way every chunk and every merge computes the same values in the
 /// same order, and every output depends only on its own sequence's data (and mask), never on
 /// the other sequences nor on how many there are, so a sequence gets the same bits alone and
 /// batched. Returns `[seq][head][dv]`.
@@ -1164,12 +1158,21 @@ where
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
 
     in_attention_pool(|| {
-        let whole = decode_whole()
-            && seqs.len() * groups >= WHOLE_GROUP_TASKS * rayon::current_num_threads();
+        let chunks = || seqs.iter().map(|s| s.kv_len.div_ceil(DECODE_CHUNK));
+        let most = chunks().max().unwrap_or(0);
+        let whole = match decode_tasks() {
+            DecodeTasks::Auto => whole_pairs(
+                seqs.len() * groups,
+                most,
+                chunks().sum::<usize>() * groups,
+                rayon::current_num_threads(),
+            ),
+            DecodeTasks::Whole => true,
+            DecodeTasks::Chunks => false,
+        };
         if whole {
             // Item 20: a task per (sequence, group), writing its heads' outputs, which are
             // contiguous in `out`.
-            let most = seqs.iter().map(|s| s.kv_len.div_ceil(DECODE_CHUNK)).max().unwrap_or(0);
             out.par_chunks_mut(group * dv).enumerate().for_each_init(
                 || scratch(most * group * (dv + 2) + dv),
                 |loan, (pair, out)| {
@@ -1249,8 +1252,27 @@ where
 }
 
 /// aiaas patch (item 20): the fewest (sequence, group) pairs per thread for which
-/// `decode_attention` makes a task of each pair rather than of each chunk.
+/// `decode_attention` makes a task of each pair rather than of each chunk, whatever their
+/// lengths (stealing evens out pairs of different lengths).
 const WHOLE_GROUP_TASKS: usize = 4;
+
+/// aiaas patch (item 21): about how many chunk tasks' time chunk tasks lose to their second
+/// parallel loop (the merge, with its fork, join and wake-ups), as measured with
+/// `aiaas-attention` on a Zen 5 host: one sequence of 64 to 300 positions took 13-32% less
+/// time in whole-pair tasks (three tasks on two threads), 400 as long, 512 a little more.
+const MERGE_LOOP_CHUNKS: usize = 3;
+
+/// aiaas patch (items 20 and 21): whether a decoding step of `pairs` (sequence, group) pairs,
+/// of at most `most` chunks each and `chunks` in all, takes a task per pair on `threads`
+/// threads: with at least `WHOLE_GROUP_TASKS` pairs per thread, or where the pairs' worst
+/// split over the threads (`pairs / threads` of the longest, rounded up) costs no more than an
+/// even split of the chunks plus the merge loop that chunk tasks need. One sequence of the demo
+/// model's three groups on two threads takes whole pairs up to 448 positions.
+fn whole_pairs(pairs: usize, most: usize, chunks: usize, threads: usize) -> bool {
+    let threads = threads.max(1);
+    pairs >= WHOLE_GROUP_TASKS * threads
+        || pairs.div_ceil(threads) * most <= chunks.div_ceil(threads) + MERGE_LOOP_CHUNKS
+}
 
 /// aiaas patch: what every chunk of one decoding step's attention shares.
 struct DecodeStep<'m> {
@@ -1620,6 +1642,54 @@ pub fn decode_avx512() -> bool {
 /// (for tests and side-by-side measurements); they run only where the CPU has AVX-512 F.
 pub fn set_decode_avx512(on: bool) {
     DECODE_AVX512.store(u8::from(on), Ordering::Relaxed);
+}
+
+/// aiaas patch (item 21): how `decode_attention` cuts a decoding step into parallel tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeTasks {
+    /// A task per (sequence, head group) pair where `whole_pairs` expects it to be faster,
+    /// otherwise a task per chunk of a pair's positions (the default).
+    Auto,
+    /// A task per (sequence, head group) pair, however few there are
+    /// (`AIAAS_DECODE_WHOLE=always`).
+    Whole,
+    /// A task per chunk, however many pairs there are (`AIAAS_DECODE_WHOLE=off`).
+    Chunks,
+}
+
+// aiaas patch (item 21): the switch of `decode_tasks`: a `DecodeTasks as u8`, or `TASKS_UNREAD`.
+static DECODE_TASKS: AtomicU8 = AtomicU8::new(TASKS_UNREAD);
+const TASKS_UNREAD: u8 = u8::MAX;
+
+/// aiaas patch (item 21): how decoding steps are cut into tasks: the last `set_decode_tasks`,
+/// or else `AIAAS_DECODE_WHOLE=off` (`Chunks`) or `always` (`Whole`) as read at the first
+/// step; `DecodeTasks::Auto` otherwise.
+pub fn decode_tasks() -> DecodeTasks {
+    let read = |n: u8| {
+        [DecodeTasks::Auto, DecodeTasks::Whole, DecodeTasks::Chunks]
+            .into_iter()
+            .find(|t| *t as u8 == n)
+    };
+    if let Some(tasks) = read(DECODE_TASKS.load(Ordering::Relaxed)) {
+        return tasks;
+    }
+    let tasks = match std::env::var("AIAAS_DECODE_WHOLE").as_deref() {
+        Ok("off") => DecodeTasks::Chunks,
+        Ok("always") => DecodeTasks::Whole,
+        _ => DecodeTasks::Auto,
+    };
+    // A `set_decode_tasks` that came in between wins.
+    match DECODE_TASKS.compare_exchange(TASKS_UNREAD, tasks as u8, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => tasks,
+        Err(set) => read(set).unwrap_or(tasks),
+    }
+}
+
+/// aiaas patch (item 21): sets how decoding steps are cut into tasks, for the whole process
+/// (for tests, which must cover both ways on any number of threads, and side-by-side
+/// measurements). Every way computes the same bits.
+pub fn set_decode_tasks(tasks: DecodeTasks) {
+    DECODE_TASKS.store(tasks as u8, Ordering::Relaxed);
 }
 
 /// aiaas patch: turns the tiled prompt kernel on or off for the whole process (for tests and
