@@ -12,14 +12,15 @@
 //! number of threads. The
 //! MLP's activation (`mul_and_act`, SiLU of the gate times the up projection), which shares the
 //! attention's eight-lane `exp`, is checked here too, and so is the CPU rope (`rope_i_lanes`,
-//! against candle-nn's `rope_i`, to the bit).
+//! against candle-nn's `rope_i`, to the bit, and `RotaryEmbedding::forward` on a batch at
+//! different positions against each sequence alone).
 
 #![allow(clippy::unwrap_used)]
 
 use candle_core::{DType, Device, Tensor, D};
 use mistralrs_core::layers::{
     decode_avx512, mul_and_act, rope_i_lanes, set_decode_avx512, set_decode_tasks,
-    set_prompt_tiles, Activation, DecodeTasks, Sdpa, SdpaParams,
+    set_prompt_tiles, Activation, DecodeTasks, RotaryEmbedding, Sdpa, SdpaParams,
 };
 use std::sync::Mutex;
 
@@ -573,4 +574,52 @@ fn the_cpu_rope_is_candle_nns_to_the_bit() {
     assert!(rope_i_lanes(&xs, &short, &short).is_err());
     let bf16 = Tensor::zeros((3, 4), DType::BF16, &Device::Cpu).unwrap();
     assert!(rope_i_lanes(&xs.to_dtype(DType::BF16).unwrap(), &bf16, &bf16).is_err());
+}
+
+/// `RotaryEmbedding::forward` on a batch whose sequences sit at different positions (a ragged
+/// decoding step, or prompts of one length) ropes each sequence as it ropes that sequence
+/// alone, to the bit: called again with the same positions (every layer of a step does, and
+/// the stacked tables are kept from the last call), with other positions, and with other
+/// tables at the same positions (another model's), each against the sequences alone.
+#[test]
+fn a_batch_is_roped_at_each_sequences_own_positions() {
+    let device = Device::Cpu;
+    let (heads, kv_heads, d) = (9, 3, 64);
+    let ropes = [10_000f32, 500_000.0]
+        .map(|base| RotaryEmbedding::new(base, d, 512, &device, false, DType::F32).unwrap());
+    for (t, calls) in [
+        (1, [[5, 17, 40, 0], [5, 17, 40, 0], [6, 18, 41, 1]]),
+        (3, [[100, 7, 7, 300], [100, 7, 7, 300], [100, 7, 8, 300]]),
+    ] {
+        let q = Tensor::from_vec(values(4 * heads * t * d, 1), (4, heads, t, d), &device).unwrap();
+        let k = Tensor::from_vec(
+            values(4 * kv_heads * t * d, 2),
+            (4, kv_heads, t, d),
+            &device,
+        )
+        .unwrap();
+        for offsets in &calls {
+            for (r, rope) in [0, 0, 1, 0].into_iter().map(|r| (r, &ropes[r])) {
+                let (q_rot, k_rot) = rope.forward(&q, &k, offsets).unwrap();
+                for (i, &offset) in offsets.iter().enumerate() {
+                    let (q_one, k_one) = rope
+                        .forward(
+                            &q.narrow(0, i, 1).unwrap(),
+                            &k.narrow(0, i, 1).unwrap(),
+                            &[offset],
+                        )
+                        .unwrap();
+                    for (what, batched, alone) in [("q", &q_rot, q_one), ("k", &k_rot, k_one)] {
+                        assert!(
+                            common::same_bits(
+                                &flat_f32(&batched.narrow(0, i, 1).unwrap()),
+                                &flat_f32(&alone)
+                            ),
+                            "table {r}, {t} positions from {offsets:?}: {what} of sequence {i} differs from it alone"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
