@@ -1021,7 +1021,6 @@ fn decode_prefetch() -> bool {
     crate::layers::switch_on(&ON, "AIAAS_DECODE_PREFETCH")
 }
 
-
 /// aiaas patch: query heads, key and value heads, and their widths.
 #[derive(Clone, Copy)]
 struct DecodeHeads {
@@ -1109,10 +1108,10 @@ impl Drop for ScratchLoan {
 /// 20: a batch, or contexts short enough), a task takes a whole (sequence, group) pair, its
 /// chunks one after the other and then their merge, and writes the pair's outputs; otherwise
 /// (one or two long sequences) a task takes one chunk, and a second parallel loop merges.
-/// Either way every chunk and every merge computes the same values in the
-/// same order, and every output depends only on its own sequence's data (and mask), never on
-/// the other sequences nor on how many there are, so a sequence gets the same bits alone and
-/// batched. Returns `[seq][head][dv]`.
+/// Either way every chunk and every merge computes the same values in the same order, and
+/// every output depends only on its own sequence's data (and mask), never on the other
+/// sequences nor on how many there are, so a sequence gets the same bits alone and batched.
+/// Returns `[seq][head][dv]`.
 fn decode_attention<T>(
     seqs: &[DecodeSeq<'_, T>],
     heads: DecodeHeads,
@@ -1258,8 +1257,8 @@ const WHOLE_GROUP_TASKS: usize = 4;
 
 /// aiaas patch (item 21): about how many chunk tasks' time chunk tasks lose to their second
 /// parallel loop (the merge, with its fork, join and wake-ups), as measured with
-/// `aiaas-attention` on a Zen 5 host: one sequence of 64 to 300 positions took 13-32% less
-/// time in whole-pair tasks (three tasks on two threads), 400 as long, 512 a little more.
+/// `aiaas-attention` on a Zen 5 host: one sequence of 64 to 300 positions took about 10-30%
+/// less time in whole-pair tasks (three tasks on two threads), 400 as long, 512 a little more.
 const MERGE_LOOP_CHUNKS: usize = 3;
 
 /// aiaas patch (items 20 and 21): whether a decoding step of `pairs` (sequence, group) pairs,
@@ -1679,7 +1678,8 @@ pub fn decode_tasks() -> DecodeTasks {
         _ => DecodeTasks::Auto,
     };
     // A `set_decode_tasks` that came in between wins.
-    match DECODE_TASKS.compare_exchange(TASKS_UNREAD, tasks as u8, Ordering::Relaxed, Ordering::Relaxed) {
+    let unread = TASKS_UNREAD;
+    match DECODE_TASKS.compare_exchange(unread, tasks as u8, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => tasks,
         Err(set) => read(set).unwrap_or(tasks),
     }
