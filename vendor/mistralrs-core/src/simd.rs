@@ -1,6 +1,6 @@
-//! aiaas patch: eight-lane `f32` kernels shared by the CPU attention (`max`, `exp_sub_sum`) and the
-//! MLP's activation (`silu_mul`). With AVX2 + FMA (x86-64-v3 builds) they compute `e^x` eight
-//! lanes at a time (`exp8`); elsewhere they are plain loops over `f32::exp`.
+//! aiaas patch: eight-lane `f32` kernels shared by the CPU attention (`max`, `exp_sub_sum`) and
+//! the MLP's activation (`silu_mul`). With AVX2 + FMA (x86-64-v3 builds) they compute `e^x`
+//! eight lanes at a time (`exp8`); elsewhere they are plain loops over `f32::exp`.
 
 /// The largest of `x`'s values that are not NaN (`-inf` if there is none), as a fold with
 /// `f32::max` gives it, but eight lanes at a time: only the sign of a zero maximum may differ,

@@ -1044,9 +1044,9 @@ const DECODE_CHUNK: usize = 64;
 /// aiaas patch: a decoding task's working memory: its query heads in `f32`, its chunk's K and V
 /// rows widened to `f32` (the widening kernel only), its heads' scores, and its K and V row
 /// addresses, and a whole-pair task's chunk states (item 20). Rayon runs `for_each_init`'s
-/// `init` for every piece it splits the tasks into,
-/// often one task, so the buffers are kept per thread (`DECODE_SCRATCH`) rather than allocated
-/// and zeroed there: `take` lends them to a piece and its guard gives them back.
+/// `init` for every piece it splits the tasks into, often one task, so the buffers are kept
+/// per thread (`DECODE_SCRATCH`) rather than allocated and zeroed there: `take` lends them to
+/// a piece and its guard gives them back.
 struct DecodeScratch {
     qf: Vec<f32>,
     kbuf: Vec<f32>,
@@ -1136,15 +1136,8 @@ where
         mask,
         scale,
         logit_softcap,
-        slopes: (0..h)
-            .map(|h_i| {
-                if max_bias > 0.0 {
-                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                } else {
-                    1.0
-                }
-            })
-            .collect(),
+        max_bias,
+        n2,
         dots8: decode_dots8(),
         // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
         wide: decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0,
@@ -1280,14 +1273,25 @@ struct DecodeStep<'m> {
     mask: Option<&'m MaskInfo<'m>>,
     scale: f32,
     logit_softcap: f32,
-    /// Each query head's ALiBi slope (1 without).
-    slopes: Vec<f32>,
+    /// ALiBi's maximum bias (0: none) and the power of two at or above the head count.
+    max_bias: f32,
+    n2: usize,
     dots8: bool,
     wide: bool,
     prefetch: bool,
 }
 
 impl DecodeStep<'_> {
+    /// Query head `h_i`'s ALiBi slope (1 without), computed where a mask needs it rather than
+    /// collected per layer.
+    fn slope(&self, h_i: usize) -> f32 {
+        if self.max_bias > 0.0 {
+            2.0f32.powf(-self.max_bias * ((h_i + 1) as f32) / self.n2 as f32)
+        } else {
+            1.0
+        }
+    }
+
     /// Chunk `c` of sequence `seq` for the query heads of group `g`: each head's partial
     /// softmax state over the chunk's positions, its maximum logit in `maxes`, the sum of its
     /// weights in `sums` and the weighted sum of the value rows in `acc` (`dv` per head; all
@@ -1350,7 +1354,7 @@ impl DecodeStep<'_> {
                     }
                 }
                 _ => {
-                    let slope = self.slopes[h_i];
+                    let slope = self.slope(h_i);
                     for (j, x) in scores[..n].iter_mut().enumerate() {
                         let delta = self
                             .mask
