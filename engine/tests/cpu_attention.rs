@@ -19,8 +19,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use mistralrs_core::layers::{
-    decode_avx512, mul_and_act, rope_i_lanes, set_decode_avx512, set_decode_tasks,
-    set_prompt_tiles, Activation, DecodeTasks, RotaryEmbedding, Sdpa, SdpaParams,
+    decode_avx512, decode_direct, mul_and_act, rope_i_lanes, set_decode_avx512, set_decode_direct,
+    set_decode_tasks, set_prompt_tiles, Activation, DecodeTasks, RotaryEmbedding, Sdpa, SdpaParams,
 };
 use std::sync::Mutex;
 
@@ -147,24 +147,58 @@ fn flat_f32(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
-/// Held while a test runs the attention: `set_prompt_tiles` and `set_decode_avx512` switch a
-/// kernel for the whole process, and each case is checked on both kernels of its kind.
+/// Held while a test runs the attention: `set_prompt_tiles`, `set_decode_avx512` and
+/// `set_decode_direct` switch a kernel for the whole process, and each case is checked on every
+/// kernel of its kind.
 static KERNELS: Mutex<()> = Mutex::new(());
 
-/// The kernel switches a case runs under: prompts (several query rows) on the tiled kernel and
-/// on the one-row kernel, decoding steps on the 512-bit kernel (where the CPU has AVX-512) and
-/// on the widening one. Each entry is `(prompt tiles, decode AVX-512)`.
-fn kernels(q_len: usize) -> Vec<(bool, bool)> {
-    if q_len > 1 {
-        vec![(true, true), (false, true)]
-    } else {
-        set_decode_avx512(true);
-        let mut kernels = vec![(true, false)];
-        if decode_avx512() {
-            kernels.insert(0, (true, true));
-        }
-        kernels
+/// A decoding step's kernel for `f16` caches (the others always take the widening one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Decode {
+    /// 512-bit vectors reading the rows where they lie (where the CPU has AVX-512 F).
+    Avx512,
+    /// 256-bit vectors reading the rows where they lie (AVX2 builds).
+    Direct,
+    /// Rows widened to `f32` first.
+    Widening,
+}
+
+impl Decode {
+    fn set(self) {
+        set_decode_avx512(self == Decode::Avx512);
+        set_decode_direct(self == Decode::Direct);
     }
+}
+
+/// The kernel switches a case runs under: prompts (several query rows) on the tiled kernel and
+/// on the one-row kernel, decoding steps on each decoding kernel the build and CPU have. Each
+/// entry is `(prompt tiles, decoding kernel)`.
+fn kernels(q_len: usize) -> Vec<(bool, Decode)> {
+    if q_len > 1 {
+        return vec![(true, Decode::Avx512), (false, Decode::Avx512)];
+    }
+    let mut kernels = vec![(true, Decode::Widening)];
+    for kernel in [Decode::Direct, Decode::Avx512] {
+        kernel.set();
+        let available = match kernel {
+            Decode::Avx512 => decode_avx512(),
+            _ => decode_direct(),
+        };
+        if available {
+            kernels.insert(0, (true, kernel));
+        }
+    }
+    set_decode_avx512(true);
+    set_decode_direct(true);
+    kernels
+}
+
+/// The switches as a process starts with them.
+fn default_kernels() {
+    set_prompt_tiles(true);
+    set_decode_avx512(true);
+    set_decode_direct(true);
+    set_decode_tasks(DecodeTasks::Auto);
 }
 
 /// The ways a decoding step may be cut into tasks, each forced whatever the number of threads
@@ -178,18 +212,18 @@ fn check(case: &Case) {
     } else {
         &[DecodeTasks::Auto]
     };
-    for ((tiles, avx512), &tasks) in kernels(case.q_len)
+    for ((tiles, decode), &tasks) in kernels(case.q_len)
         .into_iter()
         .flat_map(|k| tasks.iter().map(move |t| (k, t)))
     {
         set_prompt_tiles(tiles);
-        set_decode_avx512(avx512);
+        decode.set();
         set_decode_tasks(tasks);
         for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::F16, 4e-3), (DType::BF16, 3e-2)] {
             let diff = max_difference(case, dtype);
             assert!(
                 diff <= tolerance,
-                "{dtype:?}, prompt tiles {tiles}, decode AVX-512 {avx512}, {tasks:?} tasks: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
+                "{dtype:?}, prompt tiles {tiles}, decoding kernel {decode:?}, {tasks:?} tasks: max |difference| {diff} > {tolerance} (batch {}, heads {}/{}, q_len {}, kv_len {}, head_dim {})",
                 case.batch,
                 case.heads,
                 case.kv_heads,
@@ -199,9 +233,7 @@ fn check(case: &Case) {
             );
         }
     }
-    set_prompt_tiles(true);
-    set_decode_avx512(true);
-    set_decode_tasks(DecodeTasks::Auto);
+    default_kernels();
 }
 
 fn causal_mask(q_len: usize, kv_len: usize) -> Tensor {
@@ -361,11 +393,6 @@ fn a_long_prompt_without_a_mask() {
     });
 }
 
-/// A decoding step of a ragged batch (sequences of different lengths, each with its own K and
-/// V, as continuous batching runs them): `Sdpa::run_ragged_decode` attends them all in one
-/// parallel loop, and each sequence gets exactly (bit for bit) what `run_attention` gives it
-/// alone, which matches the reference. Lengths cross the kernel's 64-position chunks; a head
-/// width of 20 takes the weighted sum's remainder path.
 #[test]
 fn decode_avx512_is_used_where_the_cpu_has_it() {
     let Some(has) = common::cpu_has(&["avx512f"]) else {
@@ -379,18 +406,49 @@ fn decode_avx512_is_used_where_the_cpu_has_it() {
     set_decode_avx512(true);
 }
 
+/// The 256-bit kernels that read `f16` caches where they lie (mistral.rs patch item 23) are
+/// what an AVX2 build (the project's x86-64-v3 target) runs unless switched off.
+#[test]
+fn decode_direct_is_used_in_avx2_builds() {
+    let built = cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ));
+    let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    set_decode_direct(true);
+    assert_eq!(
+        decode_direct(),
+        built,
+        "built with AVX2, FMA and F16C: {built}"
+    );
+    set_decode_direct(false);
+    assert!(!decode_direct());
+    set_decode_direct(true);
+}
+
+/// A decoding step of a ragged batch (sequences of different lengths, each with its own K and
+/// V, as continuous batching runs them): `Sdpa::run_ragged_decode` attends them all in one
+/// parallel loop, and each sequence gets exactly (bit for bit) what `run_attention` gives it
+/// alone, which matches the reference. Lengths cross the kernel's 64-position chunks; a head
+/// width of 20 takes the weighted sum's remainder path, and one of 40 the 256-bit
+/// kernel's eight-column pass. With `f16` caches, the 256-bit kernel that reads them where they
+/// lie gives the widening kernel's bits.
 #[test]
 fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
     let device = Device::Cpu;
     let _kernels = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
-    for ((dtype, tolerance), (_, avx512)) in [(DType::F32, 1e-4), (DType::F16, 4e-3)]
+    // Each sequence's output alone, by (dtype, kernel, heads, width, sequence).
+    let mut outputs = std::collections::HashMap::new();
+    for ((dtype, tolerance), (_, decode)) in [(DType::F32, 1e-4), (DType::F16, 4e-3)]
         .into_iter()
         .flat_map(|t| kernels(1).into_iter().map(move |k| (t, k)))
     {
-        set_decode_avx512(avx512);
+        decode.set();
         // Groups of three heads (one pass of the 512-bit kernel), four (a pass of three and one
-        // of one), two, and heads of their own with a width that is not a multiple of 16.
-        for (heads, kv_heads, d) in [(9, 3, 64), (8, 2, 32), (6, 3, 48), (4, 4, 20)] {
+        // of one), two, and heads of their own with widths that are not multiples of 16.
+        for (heads, kv_heads, d) in [(9, 3, 64), (8, 2, 32), (6, 3, 48), (4, 4, 20), (6, 2, 40)] {
             let lens = [5, 70, 131, 64];
             let tensor = |len: usize, heads: usize, seed: u64, capacity: usize| {
                 Tensor::from_vec(
@@ -456,22 +514,41 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
                 };
                 let expected = reference(&qs[i], &ks[i], &vs[i], &case, scale);
                 let (first_tasks, first) = (runs[0].0, flat_f32(&runs[0].2[i]));
+                outputs.insert((format!("{dtype:?}"), decode, heads, d, i), first.clone());
                 for (tasks, together, alone) in &runs {
                     let batched = together.narrow(0, i, 1).unwrap();
                     for (how, got) in [("batched", &batched), ("alone", &alone[i])] {
                         assert!(
                             common::same_bits(&flat_f32(got), &first),
-                            "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} ({len} positions) {how} in {tasks:?} tasks differs from it alone in {first_tasks:?} tasks"
+                            "{dtype:?}, {decode:?} kernel, {heads} heads of {d}: sequence {i} ({len} positions) {how} in {tasks:?} tasks differs from it alone in {first_tasks:?} tasks"
                         );
                         let diff = max_abs_difference(got, &expected);
                         assert!(
                             diff <= tolerance,
-                            "{dtype:?}, AVX-512 {avx512}, {heads} heads of {d}: sequence {i} {how} in {tasks:?} tasks is {diff} from the reference"
+                            "{dtype:?}, {decode:?} kernel, {heads} heads of {d}: sequence {i} {how} in {tasks:?} tasks is {diff} from the reference"
                         );
                     }
                 }
             }
         }
+    }
+    default_kernels();
+    // The 256-bit kernel reads `f16` rows where they lie and gives the widening kernel's bits.
+    let mut compared = 0;
+    for ((dtype, decode, heads, d, i), got) in &outputs {
+        if *decode != Decode::Direct {
+            continue;
+        }
+        let widening = &outputs[&(dtype.clone(), Decode::Widening, *heads, *d, *i)];
+        assert!(
+            common::same_bits(got, widening),
+            "{dtype}, {heads} heads of {d}: sequence {i} differs between the 256-bit and the widening kernels"
+        );
+        compared += 1;
+    }
+    // Where the build has the 256-bit kernel: every sequence of every shape, both dtypes.
+    if decode_direct() {
+        assert_eq!(compared, 2 * 5 * 4);
     }
 }
 

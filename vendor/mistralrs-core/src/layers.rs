@@ -22,8 +22,8 @@ pub use crate::attention::Sdpa;
 // aiaas patch: nameable outside the crate, so that aiaas's tests can call `Sdpa` and the MLP's
 // activation directly (and choose the CPU prompt kernel).
 pub use crate::attention::{
-    decode_avx512, decode_tasks, set_decode_avx512, set_decode_tasks, set_prompt_tiles, DecodeTasks,
-    SdpaParams,
+    decode_avx512, decode_direct, decode_tasks, set_decode_avx512, set_decode_direct,
+    set_decode_tasks, set_prompt_tiles, DecodeTasks, SdpaParams,
 };
 pub use crate::ops::mul_and_act;
 pub use crate::layers_masker::CausalMasker;

@@ -9,7 +9,8 @@ mod backends;
 pub(crate) use backends::cpu::cpu_slice;
 
 pub use backends::{
-    decode_avx512, decode_tasks, set_decode_avx512, set_decode_tasks, set_prompt_tiles, DecodeTasks,
+    decode_avx512, decode_direct, decode_tasks, set_decode_avx512, set_decode_direct,
+    set_decode_tasks, set_prompt_tiles, DecodeTasks,
 };
 #[allow(unused)]
 pub(crate) use backends::{flash_attn, maybe_synchronize, naive_sdpa, sinks_attn};

@@ -563,6 +563,211 @@ mod wide {
     }
 }
 
+/// aiaas patch (item 23): the decoding attention on 256-bit vectors for CPUs without AVX-512
+/// (the build's x86-64-v3: AVX2, FMA, F16C), reading `f16` keys and values where they lie in
+/// the cache as item 18's `wide` does, several query heads of a group per pass. Each score and
+/// each weighted value is computed by the same operations as the widening path's
+/// (`lanes::dots8`, `lanes::weighted_sum` on rows widened first), so the same bits.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+mod narrow {
+    use super::wide::HEADS;
+    use super::{Ahead, DECODE_CHUNK};
+    use core::arch::x86_64::*;
+    use half::f16;
+
+    /// Whether the build has these kernels.
+    pub(super) fn supported() -> bool {
+        true
+    }
+
+    /// `out[h][j] = q_h · k_j` for the `H` query rows of `q` (row `h` at `q[h·d..]`) and the
+    /// key rows `rows[j]` (`d` halves each), four rows at a time (`H × 4` accumulators, which
+    /// with the key vector fit the 16 registers): each key row is converted once for the `H`
+    /// heads, each (head, row) pair accumulates lane `c mod 8` in order of `c`, and the four
+    /// rows of a head are summed together in `lanes::sum8`'s order. A last block of fewer than
+    /// four rows repeats its first row and drops those results. Each block of four rows
+    /// requests the same four of `ahead` from memory.
+    ///
+    /// # Safety
+    /// Every `rows[j]` must point to `d` readable halves, `d` a multiple of 8, and `q` must
+    /// hold `H·d` values.
+    pub(super) unsafe fn scores<const H: usize>(
+        q: &[f32],
+        d: usize,
+        rows: &[*const f16],
+        out: &mut [[f32; DECODE_CHUNK]; HEADS],
+        ahead: Ahead<'_>,
+    ) {
+        assert!(H <= HEADS && d % 8 == 0 && q.len() >= H * d && rows.len() <= DECODE_CHUNK);
+        for blk in (0..rows.len()).step_by(4) {
+            for j in blk..blk + 4 {
+                ahead.request(j);
+            }
+            let n = (rows.len() - blk).min(4);
+            let mut r = [rows[blk]; 4];
+            r[..n].copy_from_slice(&rows[blk..blk + n]);
+            let mut acc = [[_mm256_setzero_ps(); 4]; H];
+            for c in (0..d).step_by(8) {
+                for (j, row) in r.iter().enumerate() {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(c) as *const __m128i));
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let qv = _mm256_loadu_ps(q.as_ptr().add(h * d + c));
+                        acc[j] = _mm256_fmadd_ps(qv, kv, acc[j]);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let mut sums = [0f32; 4];
+                _mm_storeu_ps(sums.as_mut_ptr(), sum4(acc));
+                out[h][blk..blk + n].copy_from_slice(&sums[..n]);
+            }
+        }
+    }
+
+    /// `[Σ acc[0], …, Σ acc[3]]`: each vector's lanes summed as `lanes::sum8` sums them,
+    /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+    #[inline]
+    unsafe fn sum4(acc: &[__m256; 4]) -> __m128 {
+        // [r0 01, r0 23, r1 01, r1 23 | r0 45, r0 67, r1 45, r1 67], and so on.
+        let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+        // [r0 0-3, r1 0-3, r2 0-3, r3 0-3 | r0 4-7, r1 4-7, r2 4-7, r3 4-7].
+        let s = _mm256_hadd_ps(s01, s23);
+        _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1))
+    }
+
+    /// `acc[h·dv..][..dv] += Σ_j p[h][j] · v_j` for the `H` heads, value rows `rows[j]` (`dv`
+    /// halves each), positions in order: each lane one fused multiply-add per position (as
+    /// `lanes::weighted_sum`), zero weights skipped per head; each value row converted once
+    /// for the `H` heads, 16 columns per pass (`H × 2` accumulators). The first pass requests
+    /// `ahead`'s row `j` from memory at position `j`.
+    ///
+    /// # Safety
+    /// Every `rows[j]` must point to `dv` readable halves, `dv` a multiple of 8, and `acc` must
+    /// hold `H·dv` values.
+    pub(super) unsafe fn weighted<const H: usize>(
+        p: &[[f32; DECODE_CHUNK]; HEADS],
+        rows: &[*const f16],
+        dv: usize,
+        acc: &mut [f32],
+        ahead: Ahead<'_>,
+    ) {
+        assert!(H <= HEADS && dv % 8 == 0 && acc.len() >= H * dv && rows.len() <= DECODE_CHUNK);
+        let mut col = 0;
+        while dv - col >= 16 {
+            let ahead = if col == 0 { ahead } else { Ahead::NONE };
+            weighted_cols::<H, 2>(p, rows, dv, col, acc, ahead);
+            col += 16;
+        }
+        if col < dv {
+            let ahead = if col == 0 { ahead } else { Ahead::NONE };
+            weighted_cols::<H, 1>(p, rows, dv, col, acc, ahead);
+        }
+    }
+
+    /// `weighted`'s pass over columns `col..col + 8·W`, its accumulators in registers.
+    #[inline]
+    unsafe fn weighted_cols<const H: usize, const W: usize>(
+        p: &[[f32; DECODE_CHUNK]; HEADS],
+        rows: &[*const f16],
+        dv: usize,
+        col: usize,
+        acc: &mut [f32],
+        ahead: Ahead<'_>,
+    ) {
+        let mut r = [[_mm256_setzero_ps(); W]; H];
+        for (h, r) in r.iter_mut().enumerate() {
+            for (i, r) in r.iter_mut().enumerate() {
+                *r = _mm256_loadu_ps(acc.as_ptr().add(h * dv + col + 8 * i));
+            }
+        }
+        for (j, row) in rows.iter().enumerate() {
+            ahead.request(j);
+            let mut vv = [_mm256_setzero_ps(); W];
+            for (i, vv) in vv.iter_mut().enumerate() {
+                *vv = _mm256_cvtph_ps(_mm_loadu_si128(row.add(col + 8 * i) as *const __m128i));
+            }
+            for (h, r) in r.iter_mut().enumerate() {
+                let pj = p[h][j];
+                if pj == 0.0 {
+                    continue;
+                }
+                let pj = _mm256_set1_ps(pj);
+                for (r, vv) in r.iter_mut().zip(vv) {
+                    *r = _mm256_fmadd_ps(pj, vv, *r);
+                }
+            }
+        }
+        for (h, r) in r.iter().enumerate() {
+            for (i, r) in r.iter().enumerate() {
+                _mm256_storeu_ps(acc.as_mut_ptr().add(h * dv + col + 8 * i), *r);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+)))]
+mod narrow {
+    use super::wide::HEADS;
+    use super::{Ahead, DECODE_CHUNK};
+    use half::f16;
+
+    pub(super) fn supported() -> bool {
+        false
+    }
+
+    pub(super) unsafe fn scores<const H: usize>(
+        _: &[f32],
+        _: usize,
+        _: &[*const f16],
+        _: &mut [[f32; DECODE_CHUNK]; HEADS],
+        _: Ahead<'_>,
+    ) {
+        unreachable!("256-bit decoding kernels on a build without AVX2, FMA and F16C")
+    }
+
+    pub(super) unsafe fn weighted<const H: usize>(
+        _: &[[f32; DECODE_CHUNK]; HEADS],
+        _: &[*const f16],
+        _: usize,
+        _: &mut [f32],
+        _: Ahead<'_>,
+    ) {
+        unreachable!("256-bit decoding kernels on a build without AVX2, FMA and F16C")
+    }
+}
+
+/// aiaas patch (item 23): rows for a decoding kernel to request from memory while it computes
+/// (`rows[j]` at its `j`-th key row or position), `bytes` bytes each: the next rows its task
+/// reads, so that they arrive meanwhile rather than all being waited for when it starts on them.
+#[derive(Clone, Copy)]
+struct Ahead<'r> {
+    rows: &'r [*const f16],
+    bytes: usize,
+}
+
+impl Ahead<'_> {
+    const NONE: Self = Self { rows: &[], bytes: 0 };
+
+    /// Requests `rows[j]`'s lines, if there is such a row.
+    #[inline(always)]
+    fn request(self, j: usize) {
+        if let Some(&row) = self.rows.get(j) {
+            prefetch([row.cast()], self.bytes);
+        }
+    }
+}
+
 /// aiaas patch: requests the `bytes` bytes at each of `rows` from memory, one request per cache
 /// line (a prefetch never faults; a no-op off x86-64).
 fn prefetch(rows: impl IntoIterator<Item = *const u8>, bytes: usize) {
@@ -1130,6 +1335,7 @@ where
     let group = if rk2 == rv2 { rk2 } else { 1 };
     let groups = h / group;
     let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
+    let dots8 = decode_dots8();
     let step = DecodeStep {
         heads,
         group,
@@ -1138,13 +1344,15 @@ where
         logit_softcap,
         max_bias,
         n2,
-        dots8: decode_dots8(),
-        // Item 18: `f16` caches read where they lie, on 512-bit vectors, where the CPU can.
-        wide: decode_avx512() && T::IS_F16 && d % 16 == 0 && dv % 16 == 0,
+        dots8,
+        direct: Direct::choose(T::IS_F16, d, dv, dots8),
         prefetch: decode_prefetch(),
     };
     let scratch = |parts: usize| {
-        let (k, v) = if step.wide { (0, 0) } else { (DECODE_CHUNK * d, DECODE_CHUNK * dv) };
+        let (k, v) = match step.direct {
+            Some(_) => (0, 0),
+            None => (DECODE_CHUNK * d, DECODE_CHUNK * dv),
+        };
         DecodeScratch::take(group.max(wide::HEADS) * d, k, v, parts)
     };
     let mut out = vec![T::cast(0.0); seqs.len() * h * dv];
@@ -1277,8 +1485,84 @@ struct DecodeStep<'m> {
     max_bias: f32,
     n2: usize,
     dots8: bool,
-    wide: bool,
+    /// The kernel that reads `f16` rows where they lie, if any (items 18 and 23); `None`: the
+    /// widening one.
+    direct: Option<Direct>,
     prefetch: bool,
+}
+
+/// aiaas patch (items 18 and 23): the decoding kernels that read a chunk's `f16` keys and
+/// values where they lie in the cache, without widened copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direct {
+    /// 512-bit vectors (`wide`, item 18), where the CPU has AVX-512 F.
+    Wide,
+    /// 256-bit vectors (`narrow`, item 23): the widening kernel's bits.
+    Narrow,
+}
+
+impl Direct {
+    /// The kernel for caches of `f16` (`is_f16`) with key and value heads of `d` and `dv`:
+    /// `Wide` where the CPU has AVX-512 F and both are multiples of 16, else `Narrow` where
+    /// both are multiples of 8 and scores are summed eight positions at a time (`dots8`, whose
+    /// bits it gives); each unless switched off.
+    fn choose(is_f16: bool, d: usize, dv: usize, dots8: bool) -> Option<Self> {
+        if !is_f16 {
+            None
+        } else if decode_avx512() && d % 16 == 0 && dv % 16 == 0 {
+            Some(Self::Wide)
+        } else if decode_direct() && dots8 && d % 8 == 0 && dv % 8 == 0 {
+            Some(Self::Narrow)
+        } else {
+            None
+        }
+    }
+
+    /// `wide::scores` or `narrow::scores` for `hs` heads (1 to `wide::HEADS`).
+    ///
+    /// # Safety
+    /// As theirs; `Wide` only where the CPU has AVX-512 F.
+    unsafe fn scores(
+        self,
+        hs: usize,
+        q: &[f32],
+        d: usize,
+        rows: &[*const f16],
+        out: &mut [[f32; DECODE_CHUNK]; wide::HEADS],
+        ahead: Ahead<'_>,
+    ) {
+        match (self, hs) {
+            (Self::Wide, 1) => wide::scores::<1>(q, d, rows, out),
+            (Self::Wide, 2) => wide::scores::<2>(q, d, rows, out),
+            (Self::Wide, _) => wide::scores::<3>(q, d, rows, out),
+            (Self::Narrow, 1) => narrow::scores::<1>(q, d, rows, out, ahead),
+            (Self::Narrow, 2) => narrow::scores::<2>(q, d, rows, out, ahead),
+            (Self::Narrow, _) => narrow::scores::<3>(q, d, rows, out, ahead),
+        }
+    }
+
+    /// `wide::weighted` or `narrow::weighted` for `hs` heads (1 to `wide::HEADS`).
+    ///
+    /// # Safety
+    /// As theirs; `Wide` only where the CPU has AVX-512 F.
+    unsafe fn weighted(
+        self,
+        hs: usize,
+        p: &[[f32; DECODE_CHUNK]; wide::HEADS],
+        rows: &[*const f16],
+        dv: usize,
+        acc: &mut [f32],
+        ahead: Ahead<'_>,
+    ) {
+        match (self, hs) {
+            (Self::Wide, 1) => wide::weighted::<1>(p, rows, dv, acc),
+            (Self::Wide, 2) => wide::weighted::<2>(p, rows, dv, acc),
+            (Self::Wide, _) => wide::weighted::<3>(p, rows, dv, acc),
+            (Self::Narrow, 1) => narrow::weighted::<1>(p, rows, dv, acc, ahead),
+            (Self::Narrow, 2) => narrow::weighted::<2>(p, rows, dv, acc, ahead),
+            (Self::Narrow, _) => narrow::weighted::<3>(p, rows, dv, acc, ahead),
+        }
+    }
 }
 
 impl DecodeStep<'_> {
@@ -1335,11 +1619,14 @@ impl DecodeStep<'_> {
         debug_assert!(n == 0 || (krows[n - 1] == kn.cast() && vrows[n - 1] == vn.cast()));
         // All the chunk's rows are requested at once, keys first, so that many are in flight
         // before the first is read (the hardware prefetcher ramps up too slowly on streams this
-        // short).
+        // short). The 256-bit kernel requests its values while it scores the keys instead
+        // (item 23, below).
+        let size = std::mem::size_of::<T>();
         if self.prefetch {
-            let size = std::mem::size_of::<T>();
             prefetch(krows[..n].iter().map(|&r| r.cast()), size * d);
-            prefetch(vrows[..n].iter().map(|&r| r.cast()), size * dv);
+            if self.direct != Some(Direct::Narrow) {
+                prefetch(vrows[..n].iter().map(|&r| r.cast()), size * dv);
+            }
         }
         // A head's raw scores become its softmax weights: mask, scale and soft-cap per
         // position, then `exp(x - max)` (zero past `n`). Returns the chunk's maximum and the
@@ -1376,7 +1663,12 @@ impl DecodeStep<'_> {
             }
             (m, crate::simd::exp_sub_sum(scores, m))
         };
-        if self.wide {
+        if let Some(direct) = self.direct {
+            // Item 23: the 256-bit kernel requests the chunk's value rows a few at a time while
+            // it scores the keys, and the next chunk's key rows while it weights the values, so
+            // that they arrive while it computes (requested all at once, the requests stall the
+            // core until most have arrived, and nothing overlaps them).
+            let rolling = self.prefetch && direct == Direct::Narrow;
             for hg0 in (0..group).step_by(wide::HEADS) {
                 let hs = (group - hg0).min(wide::HEADS);
                 let h0 = g * group + hg0;
@@ -1384,16 +1676,16 @@ impl DecodeStep<'_> {
                     let q_base = seq.b_i * seq.qstride[0] + (h0 + hh) * seq.qstride[2];
                     T::widen(&seq.q[q_base..q_base + d], qf);
                 }
-                // SAFETY: `wide` means the CPU has AVX-512 F and `T` is `f16`; every row
-                // pointer holds `d` (keys) or `dv` (values) halves (see above), both multiples
-                // of 16; `qf` holds `HEADS·d` values and `acc` `group·dv`, `hg0 + hs <= group`.
-                unsafe {
-                    match hs {
-                        1 => wide::scores::<1>(qf, d, &krows[..n], scores),
-                        2 => wide::scores::<2>(qf, d, &krows[..n], scores),
-                        _ => wide::scores::<3>(qf, d, &krows[..n], scores),
-                    }
-                }
+                let v_ahead = if rolling && hg0 == 0 {
+                    Ahead { rows: &vrows[..n], bytes: size * dv }
+                } else {
+                    Ahead::NONE
+                };
+                // SAFETY: `direct` is `Wide` only where the CPU has AVX-512 F, and either only
+                // for `f16` rows whose widths suit it (`Direct::choose`); every row pointer
+                // holds `d` (keys) or `dv` (values) halves (see above); `qf` holds
+                // `HEADS·d` values and `acc` `group·dv`, `hg0 + hs <= group`.
+                unsafe { direct.scores(hs, qf, d, &krows[..n], scores, v_ahead) };
                 for hh in 0..hs {
                     let (m, sum) = softmax(&mut scores[hh], h0 + hh);
                     maxes[hg0 + hh] = m;
@@ -1401,14 +1693,19 @@ impl DecodeStep<'_> {
                 }
                 let acc = &mut acc[hg0 * dv..(hg0 + hs) * dv];
                 acc.fill(0.0);
-                // SAFETY: as above.
-                unsafe {
-                    match hs {
-                        1 => wide::weighted::<1>(scores, &vrows[..n], dv, acc),
-                        2 => wide::weighted::<2>(scores, &vrows[..n], dv, acc),
-                        _ => wide::weighted::<3>(scores, &vrows[..n], dv, acc),
+                // The next chunk's key rows (where the group took one pass, so that this
+                // chunk's key row addresses are no longer needed).
+                let next = (seq.kv_len - start).saturating_sub(DECODE_CHUNK).min(DECODE_CHUNK);
+                let k_ahead = if rolling && hs == group && next > 0 {
+                    for (j, row) in krows[..next].iter_mut().enumerate() {
+                        *row = k_row(DECODE_CHUNK + j).as_ptr().cast();
                     }
-                }
+                    Ahead { rows: &krows[..next], bytes: size * d }
+                } else {
+                    Ahead::NONE
+                };
+                // SAFETY: as above.
+                unsafe { direct.weighted(hs, scores, &vrows[..n], dv, acc, k_ahead) };
             }
             return;
         }
@@ -1645,6 +1942,31 @@ pub fn decode_avx512() -> bool {
 /// (for tests and side-by-side measurements); they run only where the CPU has AVX-512 F.
 pub fn set_decode_avx512(on: bool) {
     DECODE_AVX512.store(u8::from(on), Ordering::Relaxed);
+}
+
+// aiaas patch (item 23): the switch of `decode_direct`.
+static DECODE_DIRECT: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
+
+/// aiaas patch (item 23): whether decoding steps that do not take the 512-bit kernels take the
+/// 256-bit ones that read `f16` caches where they lie (`narrow`, the widening kernel's bits):
+/// in AVX2 builds, unless `AIAAS_DECODE_DIRECT=off` is set or `set_decode_direct(false)` was
+/// called.
+pub fn decode_direct() -> bool {
+    let on = match DECODE_DIRECT.load(Ordering::Relaxed) {
+        SWITCH_UNREAD => {
+            let on = !std::env::var("AIAAS_DECODE_DIRECT").is_ok_and(|v| v == "off");
+            DECODE_DIRECT.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        on => on == 1,
+    };
+    on && narrow::supported()
+}
+
+/// aiaas patch (item 23): turns the 256-bit direct decoding kernels on or off for the whole
+/// process (for tests and side-by-side measurements).
+pub fn set_decode_direct(on: bool) {
+    DECODE_DIRECT.store(u8::from(on), Ordering::Relaxed);
 }
 
 /// aiaas patch (item 21): how `decode_attention` cuts a decoding step into parallel tasks.
