@@ -534,9 +534,11 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
     }
     default_kernels();
     // The 256-bit kernel reads `f16` rows where they lie and gives the widening kernel's bits.
+    // It takes `f16` caches whose head widths are multiples of eight; the other cases run the
+    // widening kernel under either switch, so comparing them could not fail.
     let mut compared = 0;
     for ((dtype, decode, heads, d, i), got) in &outputs {
-        if *decode != Decode::Direct {
+        if *decode != Decode::Direct || dtype != "F16" || d % 8 != 0 {
             continue;
         }
         let widening = &outputs[&(dtype.clone(), Decode::Widening, *heads, *d, *i)];
@@ -546,9 +548,9 @@ fn decoding_a_ragged_batch_gives_each_sequence_what_it_gets_alone() {
         );
         compared += 1;
     }
-    // Where the build has the 256-bit kernel: every sequence of every shape, both dtypes.
+    // Where the build has the 256-bit kernel: every sequence of the four shapes it takes.
     if decode_direct() {
-        assert_eq!(compared, 2 * 5 * 4);
+        assert_eq!(compared, 4 * 4);
     }
 }
 
