@@ -1697,9 +1697,15 @@ impl DecodeStep<'_> {
                 // chunk's key row addresses are no longer needed).
                 let next = (seq.kv_len - start).saturating_sub(DECODE_CHUNK).min(DECODE_CHUNK);
                 let k_ahead = if rolling && hs == group && next > 0 {
+                    // Bounds-checked once, as this chunk's rows are (above).
+                    let k0 = k_row(DECODE_CHUNK).as_ptr();
+                    let kn = k_row(DECODE_CHUNK + next - 1).as_ptr();
                     for (j, row) in krows[..next].iter_mut().enumerate() {
-                        *row = k_row(DECODE_CHUNK + j).as_ptr().cast();
+                        // SAFETY: the next chunk's row `j` lies within `seq.k`, from `k0` to
+                        // `kn`, both bounds-checked; rows are `stride[1]` elements apart.
+                        *row = unsafe { k0.add(j * seq.kstride[1]) }.cast();
                     }
+                    debug_assert!(krows[next - 1] == kn.cast());
                     Ahead { rows: &krows[..next], bytes: size * d }
                 } else {
                     Ahead::NONE
@@ -1910,10 +1916,16 @@ static PROMPT_TILES: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
 const SWITCH_UNREAD: u8 = 2;
 
 fn prompt_tiles() -> bool {
-    match PROMPT_TILES.load(Ordering::Relaxed) {
+    settable_switch(&PROMPT_TILES, "AIAAS_PROMPT_TILES")
+}
+
+/// aiaas patch: a switch that a setter may have set (1 on, 0 off); unread, it is on unless
+/// `var` is `off` in the environment, and keeps that.
+fn settable_switch(cell: &AtomicU8, var: &str) -> bool {
+    match cell.load(Ordering::Relaxed) {
         SWITCH_UNREAD => {
-            let on = !std::env::var("AIAAS_PROMPT_TILES").is_ok_and(|v| v == "off");
-            PROMPT_TILES.store(u8::from(on), Ordering::Relaxed);
+            let on = !std::env::var(var).is_ok_and(|v| v == "off");
+            cell.store(u8::from(on), Ordering::Relaxed);
             on
         }
         on => on == 1,
@@ -1927,15 +1939,7 @@ static DECODE_AVX512: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
 /// caches: where the CPU has AVX-512 F, unless `AIAAS_DECODE_AVX512=off` is set or
 /// `set_decode_avx512(false)` was called.
 pub fn decode_avx512() -> bool {
-    let on = match DECODE_AVX512.load(Ordering::Relaxed) {
-        SWITCH_UNREAD => {
-            let on = !std::env::var("AIAAS_DECODE_AVX512").is_ok_and(|v| v == "off");
-            DECODE_AVX512.store(u8::from(on), Ordering::Relaxed);
-            on
-        }
-        on => on == 1,
-    };
-    on && wide::supported()
+    settable_switch(&DECODE_AVX512, "AIAAS_DECODE_AVX512") && wide::supported()
 }
 
 /// aiaas patch (item 18): turns the 512-bit decoding kernels on or off for the whole process
@@ -1952,15 +1956,7 @@ static DECODE_DIRECT: AtomicU8 = AtomicU8::new(SWITCH_UNREAD);
 /// in AVX2 builds, unless `AIAAS_DECODE_DIRECT=off` is set or `set_decode_direct(false)` was
 /// called.
 pub fn decode_direct() -> bool {
-    let on = match DECODE_DIRECT.load(Ordering::Relaxed) {
-        SWITCH_UNREAD => {
-            let on = !std::env::var("AIAAS_DECODE_DIRECT").is_ok_and(|v| v == "off");
-            DECODE_DIRECT.store(u8::from(on), Ordering::Relaxed);
-            on
-        }
-        on => on == 1,
-    };
-    on && narrow::supported()
+    settable_switch(&DECODE_DIRECT, "AIAAS_DECODE_DIRECT") && narrow::supported()
 }
 
 /// aiaas patch (item 23): turns the 256-bit direct decoding kernels on or off for the whole
