@@ -869,6 +869,37 @@ pub(crate) async fn tokenize_with_tools(
     input: TokenizeInput,
     tools: Option<Vec<mistralrs::Tool>>,
 ) -> Result<Vec<u32>, EngineError> {
+    let invalid = |e: anyhow::Error| EngineError::InvalidRequest {
+        param: "prompt",
+        message: e.to_string(),
+    };
+    // A text model's template and tokenizer render here, on a blocking thread: a request
+    // through the engine's channel would wait for the running step to end and for the
+    // pipeline's lock (a whole decoding step under load) before admission could even start.
+    let renderer = model
+        .inner()
+        .prompt_renderer(None)
+        .map_err(EngineError::internal)?;
+    if let Some(renderer) = renderer {
+        let rendered = tokio::task::spawn_blocking(move || match input {
+            TokenizeInput::Text {
+                text,
+                add_special_tokens,
+            } => renderer.text(text, add_special_tokens),
+            TokenizeInput::Chat {
+                messages,
+                add_generation_prompt,
+            } => renderer.chat(
+                chat_messages(&messages),
+                add_generation_prompt,
+                false,
+                tools.unwrap_or_default(),
+            ),
+        })
+        .await
+        .map_err(EngineError::internal)?;
+        return rendered.map_err(invalid);
+    }
     let sender = sender_of(model)?;
     let (text, add_special_tokens, add_generation_prompt) = match input {
         TokenizeInput::Text {
@@ -899,10 +930,7 @@ pub(crate) async fn tokenize_with_tools(
         rx.recv()
             .await
             .ok_or_else(|| EngineError::internal("tokenizer channel closed"))?
-            .map_err(|e| EngineError::InvalidRequest {
-                param: "prompt",
-                message: e.to_string(),
-            })
+            .map_err(invalid)
     })
     .await
 }

@@ -206,6 +206,80 @@ async fn tokens_are_reserved_at_the_worst_case_and_the_unused_part_comes_back() 
 }
 
 #[tokio::test]
+async fn admission_counts_each_prompt_as_the_engine_then_bills_it() {
+    // Admission counts a prompt without the engine (its template and tokenizer, rendered off
+    // the engine loop); the engine renders and tokenizes it again when it runs. The two must
+    // agree to the token: a key whose budget is one token short of the billed prompt plus
+    // `max_tokens` is refused, and the refusal names exactly that sum.
+    let models = standard_models()
+        .into_iter()
+        .filter(|m| [CHAT, LLAMA, TOOLS].contains(&m.id.as_str()))
+        .collect();
+    let (app, _server) = spawn_custom(test_config_on(models, &TestDb::Sqlite.fresh_url())).await;
+    let weather = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather for a city", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let cases = [
+        (
+            "/v1/completions",
+            json!({"model": LLAMA, "prompt": "one two three four", "max_tokens": 3}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": LLAMA, "prompt": ["one two", "three"], "max_tokens": 2}),
+        ),
+        ("/v1/chat/completions", hello(5)),
+        (
+            "/v1/chat/completions",
+            json!({"model": CHAT, "max_tokens": 4, "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello, world"},
+                {"role": "assistant", "content": "Hi."},
+                {"role": "user", "content": "Again"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": TOOLS, "max_tokens": 3, "tools": weather, "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "get_weather",
+                    "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}),
+        ),
+    ];
+    for (path, body) in cases {
+        let (_, key) = tenant_key(&app.db().await, Limits::default(), Limits::default()).await;
+        let res = app.with_key(Some(&key)).post(path, &body).await;
+        assert_eq!(res.status(), 200, "{body}");
+        let served: Value = res.json().await.unwrap();
+        let prompt = served["usage"]["prompt_tokens"].as_i64().unwrap();
+        let choices = body["prompt"].as_array().map_or(1, Vec::len) as i64;
+        let worst = prompt + choices * body["max_tokens"].as_i64().unwrap();
+        let short = Limits {
+            tpm: Some(worst - 1),
+            ..Default::default()
+        };
+        let (_, key) = tenant_key(&app.db().await, Limits::default(), short).await;
+        let res = app.with_key(Some(&key)).post(path, &body).await;
+        assert_eq!(res.status(), 429, "{body}");
+        let refused: Value = res.json().await.unwrap();
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("Limit {}, Requested {worst}", worst - 1)),
+            "{body}: {message}"
+        );
+        // With exactly the worst case in the bucket it is served.
+        let exact = Limits {
+            tpm: Some(worst),
+            ..Default::default()
+        };
+        let (_, key) = tenant_key(&app.db().await, Limits::default(), exact).await;
+        let res = app.with_key(Some(&key)).post(path, &body).await;
+        assert_eq!(res.status(), 200, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn the_stricter_of_key_and_tenant_wins_and_changes_apply_within_a_second() {
     let (app, _server) = server_on(TestDb::Sqlite).await;
     let db = app.db().await;

@@ -123,9 +123,9 @@ pub use pipeline::{
     Modalities, ModelKind, ModelPaths, MultimodalLoader, MultimodalLoaderBuilder,
     MultimodalLoaderType, MultimodalPromptPrefixer, MultimodalSpecificConfig, NormalLoader,
     NormalLoaderBuilder, NormalLoaderType, NormalSpecificConfig, Phi2Loader, Phi3Loader,
-    Phi3VLoader, Qwen2Loader, SpeculativeConfig, SpeculativeLoader, SpeculativePipeline,
-    SpeechLoader, SpeechPipeline, Starcoder2Loader, SupportedModality, TokenSource,
-    UQFF_MULTI_FILE_DELIMITER,
+    Phi3VLoader, PromptRenderer, Qwen2Loader, SpeculativeConfig, SpeculativeLoader,
+    SpeculativePipeline, SpeechLoader, SpeechPipeline, Starcoder2Loader, SupportedModality,
+    TokenSource, UQFF_MULTI_FILE_DELIMITER,
 };
 pub use request::{
     ApproximateUserLocation, Constraint, DetokenizationRequest, ImageGenerationResponseFormat,
@@ -283,6 +283,8 @@ struct EngineInstance {
     config: MistralRsConfig,
     category: ModelCategory,
     logger: Arc<IntervalLogger>,
+    /// aiaas patch: see `MistralRs::prompt_renderer`.
+    prompt_renderer: Option<PromptRenderer>,
 }
 
 /// The MistralRs struct handles sending requests to multiple engines.
@@ -558,6 +560,7 @@ impl MistralRs {
             .as_ref()
             .map(|c| (c.num_gpu_blocks, c.block_size));
         let activation_dtype = metadata.activation_dtype;
+        let prompt_renderer = PromptRenderer::of(&*pipeline_guard);
         drop(pipeline_guard);
 
         let logger = Arc::new(IntervalLogger::new(
@@ -650,6 +653,7 @@ impl MistralRs {
             config: mistralrs_config,
             category,
             logger,
+            prompt_renderer,
         })
     }
 
@@ -1451,6 +1455,27 @@ impl MistralRs {
         engines
             .get(&resolved_model_id)
             .map(|engine_instance| engine_instance.logger.engine_stats())
+            .ok_or_else(|| format!("Model {resolved_model_id} not found"))
+    }
+
+    /// aiaas patch: a text model's chat template and tokenizer, to render and count prompts
+    /// exactly as its engine does without a request through the engine's channel (which waits
+    /// for the running step and the pipeline's lock). `Ok(None)` for models whose prompts the
+    /// engine processes otherwise (multimodal, embedding, ...) or that have no tokenizer.
+    pub fn prompt_renderer(
+        &self,
+        model_id: Option<&str>,
+    ) -> Result<Option<PromptRenderer>, String> {
+        let resolved_model_id = self
+            .resolve_alias_or_default(model_id)
+            .map_err(|e| e.to_string())?;
+        let engines = self
+            .engines
+            .read()
+            .map_err(|_| "Failed to acquire read lock on engines")?;
+        engines
+            .get(&resolved_model_id)
+            .map(|engine_instance| engine_instance.prompt_renderer.clone())
             .ok_or_else(|| format!("Model {resolved_model_id} not found"))
     }
 

@@ -4,13 +4,18 @@ use anyhow::{Context, Result};
 use either::Either;
 use indexmap::IndexMap;
 
+use tokenizers::Tokenizer;
+
 use crate::{
     request::ReasoningEffort,
     vision_models::{preprocessor_config::PreProcessorConfig, processor_config::ProcessorConfig},
-    MessageContent, Pipeline, Tool,
+    MessageContent, ModelCategory, Pipeline, Tool,
 };
 
-use super::{chat_template::apply_chat_template_to, text_models_inputs_processor, InputsProcessor};
+use super::{
+    chat_template::{apply_chat_template_to, ChatTemplate},
+    text_models_inputs_processor, InputsProcessor,
+};
 
 /// Trait to create processors.
 pub trait ProcessorCreator {
@@ -139,6 +144,26 @@ pub(crate) fn apply_chat_template(
     let chat_template = pipeline
         .get_chat_template()
         .with_context(|| "`apply_chat_template` expects the pipeline to have a chat template.")?;
+    render_chat_template(
+        &chat_template,
+        messages,
+        add_generation_prompt,
+        enable_thinking,
+        reasoning_effort,
+        tools,
+    )
+}
+
+/// aiaas patch: `apply_chat_template`'s rendering with a chat template in hand (no pipeline), so
+/// that `PromptRenderer` renders exactly as the engine does.
+fn render_chat_template(
+    chat_template: &ChatTemplate,
+    messages: Vec<IndexMap<String, MessageContent>>,
+    add_generation_prompt: bool,
+    enable_thinking: Option<bool>,
+    reasoning_effort: Option<ReasoningEffort>,
+    tools: Vec<Tool>,
+) -> Result<String> {
     let template = chat_template.chat_template.as_ref().unwrap();
 
     let bos_tok = chat_template.bos_token.as_ref().map(extract_token_string);
@@ -156,6 +181,64 @@ pub(crate) fn apply_chat_template(
         unk_tok,
         tools,
     )
+}
+
+/// aiaas patch: a text model's chat template and tokenizer, taken from its pipeline once, to
+/// render and tokenize a prompt exactly as `BasicProcessor::process` does but without the
+/// engine: a request served through the engine's channel waits for the running step to end
+/// and for the pipeline's lock, which a server counting a prompt before admitting it should not.
+#[derive(Clone)]
+pub struct PromptRenderer {
+    chat_template: Option<Arc<ChatTemplate>>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl PromptRenderer {
+    /// The renderer of a pipeline whose prompts `BasicProcessor` processes (text models with a
+    /// tokenizer); `None` for the others, whose processors may render differently.
+    pub(crate) fn of(pipeline: &dyn Pipeline) -> Option<Self> {
+        if !matches!(pipeline.category(), ModelCategory::Text) {
+            return None;
+        }
+        Some(Self {
+            chat_template: pipeline
+                .get_chat_template()
+                .filter(|t| t.chat_template.is_some()),
+            tokenizer: pipeline.tokenizer()?,
+        })
+    }
+
+    /// A chat's token ids, rendered with the chat template as `Processor::process` renders it.
+    pub fn chat(
+        &self,
+        messages: Vec<IndexMap<String, MessageContent>>,
+        add_generation_prompt: bool,
+        add_special_tokens: bool,
+        tools: Vec<Tool>,
+    ) -> Result<Vec<u32>> {
+        let chat_template = self.chat_template.as_ref().with_context(|| {
+            "`apply_chat_template` expects the pipeline to have a chat template."
+        })?;
+        // `BasicProcessor` keeps the messages as they are (`MessagesAction::Keep`).
+        let prompt = render_chat_template(
+            chat_template,
+            messages,
+            add_generation_prompt,
+            None,
+            None,
+            tools,
+        )?;
+        self.text(prompt, add_special_tokens)
+    }
+
+    /// A text's token ids, as the engine's tokenization request gives them.
+    pub fn text(&self, text: String, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, add_special_tokens)
+            .map_err(anyhow::Error::msg)?;
+        Ok(encoding.get_ids().to_vec())
+    }
 }
 
 pub struct BasicProcessor;
