@@ -4,8 +4,10 @@
 #   full          API key auth, a tenant rpm + tpm limit, the usage ledger on SQLite
 #   auth+limits   the same with the ledger off
 #   bare          auth, limits and ledger off
-# at CONCURRENCY (default 1), REQUESTS requests of MAX_TOKENS (128) after one warm-up. The
-# servers are started afresh for each repetition, in turn, and it begins with the next variant.
+# at CONCURRENCY (default 1), REQUESTS requests of MAX_TOKENS (128) after one warm-up, the
+# concurrent clients starting STAGGER_MS (default 0) apart, so that with STAGGER_MS > 0 requests
+# arrive while others decode, as real traffic does. The servers are started afresh for each
+# repetition, in turn, and it begins with the next variant.
 # Besides the load generator's table it prints each server's CPU time per request.
 #
 #   bench/layer-tax.sh        # prints a table of medians
@@ -18,6 +20,7 @@ REPS=${REPS:-5}
 CONCURRENCY=${CONCURRENCY:-1}
 REQUESTS=${REQUESTS:-4}
 MAX_TOKENS=${MAX_TOKENS:-128}
+STAGGER_MS=${STAGGER_MS:-0}
 [ -f "$MODEL" ] || scripts/fetch-demo-models.sh
 BIN=$CARGO_TARGET_DIR/debug
 WORK=$(mktemp -d)
@@ -72,7 +75,7 @@ for rep in $(seq 1 "$REPS"); do
     before=$(cpu_ticks "${PID[$label]}")
     "$BIN/aiaas-load" --url "http://127.0.0.1:${PORT[$label]}/v1" --model bench --api-key "$key" \
       --label "$label" --rep "$rep" --concurrency "$CONCURRENCY" --requests "$REQUESTS" \
-      --max-tokens "$MAX_TOKENS" --prompt-words 86 --warmup 1 --json 2>>"$WORK/raw.jsonl" >/dev/null
+      --max-tokens "$MAX_TOKENS" --prompt-words 86 --stagger-ms "$STAGGER_MS" --warmup 1 --json 2>>"$WORK/raw.jsonl" >/dev/null
     # The server's CPU time over the run, the writer's batches included (it flushes within
     # ledger.flush_interval_ms of each request, before the next variant starts).
     sleep 0.3
