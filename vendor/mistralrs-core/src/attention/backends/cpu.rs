@@ -416,7 +416,7 @@ mod lanes {
 /// pass, where the CPU has AVX-512 F (detected at run time: the build targets x86-64-v3).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod wide {
-    use super::DECODE_CHUNK;
+    use super::{Ahead, DECODE_CHUNK};
     use core::arch::x86_64::*;
     use half::f16;
 
@@ -434,6 +434,7 @@ mod wide {
     /// converted once for the `H` heads, every (head, row) pair has its own accumulator (lane
     /// `c mod 16`), and the eight rows of a head are summed together as `lanes::sum8` does.
     /// A last block of fewer than eight rows repeats its first row and drops those results.
+    /// Each block of eight rows requests the same eight of `ahead` from memory (item 24).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F; every `rows[j]` must point to `d` readable halves, `d` a
@@ -444,9 +445,13 @@ mod wide {
         d: usize,
         rows: &[*const f16],
         out: &mut [[f32; DECODE_CHUNK]; HEADS],
+        ahead: Ahead<'_>,
     ) {
         assert!(H <= HEADS && d % 16 == 0 && q.len() >= H * d && rows.len() <= DECODE_CHUNK);
         for blk in (0..rows.len()).step_by(8) {
+            for j in blk..blk + 8 {
+                ahead.request(j);
+            }
             let n = (rows.len() - blk).min(8);
             let mut r = [rows[blk]; 8];
             r[..n].copy_from_slice(&rows[blk..blk + n]);
@@ -479,7 +484,8 @@ mod wide {
     /// `acc[h·dv..][..dv] += Σ_j p[h][j] · v_j` for the `H` heads, value rows `rows[j]` (`dv`
     /// halves each), positions in order: each lane one fused multiply-add per position (as
     /// `lanes::weighted_sum`), zero weights skipped per head; each value row converted once
-    /// for the `H` heads, 64 columns per pass.
+    /// for the `H` heads, 64 columns per pass. The first pass requests `ahead`'s row `j` from
+    /// memory at position `j` (item 24).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F; every `rows[j]` must point to `dv` readable halves, `dv` a
@@ -490,15 +496,18 @@ mod wide {
         rows: &[*const f16],
         dv: usize,
         acc: &mut [f32],
+        ahead: Ahead<'_>,
     ) {
         assert!(H <= HEADS && dv % 16 == 0 && acc.len() >= H * dv && rows.len() <= DECODE_CHUNK);
         let mut col = 0;
         while dv - col >= 64 {
-            weighted_cols::<H, 4>(p, rows, dv, col, acc);
+            let ahead = if col == 0 { ahead } else { Ahead::NONE };
+            weighted_cols::<H, 4>(p, rows, dv, col, acc, ahead);
             col += 64;
         }
         while col < dv {
-            weighted_cols::<H, 1>(p, rows, dv, col, acc);
+            let ahead = if col == 0 { ahead } else { Ahead::NONE };
+            weighted_cols::<H, 1>(p, rows, dv, col, acc, ahead);
             col += 16;
         }
     }
@@ -512,6 +521,7 @@ mod wide {
         dv: usize,
         col: usize,
         acc: &mut [f32],
+        ahead: Ahead<'_>,
     ) {
         let mut r = [[_mm512_setzero_ps(); W]; H];
         for (h, r) in r.iter_mut().enumerate() {
@@ -520,6 +530,7 @@ mod wide {
             }
         }
         for (j, row) in rows.iter().enumerate() {
+            ahead.request(j);
             let mut vv = [_mm512_setzero_ps(); W];
             for (i, vv) in vv.iter_mut().enumerate() {
                 *vv = _mm512_cvtph_ps(_mm256_loadu_si256(row.add(col + 16 * i) as *const __m256i));
@@ -545,7 +556,7 @@ mod wide {
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod wide {
-    use super::DECODE_CHUNK;
+    use super::{Ahead, DECODE_CHUNK};
     use half::f16;
 
     pub(super) const HEADS: usize = 3;
@@ -554,11 +565,23 @@ mod wide {
         false
     }
 
-    pub(super) unsafe fn scores<const H: usize>(_: &[f32], _: usize, _: &[*const f16], _: &mut [[f32; DECODE_CHUNK]; HEADS]) {
+    pub(super) unsafe fn scores<const H: usize>(
+        _: &[f32],
+        _: usize,
+        _: &[*const f16],
+        _: &mut [[f32; DECODE_CHUNK]; HEADS],
+        _: Ahead<'_>,
+    ) {
         unreachable!("AVX-512 decoding kernels on a build without AVX2")
     }
 
-    pub(super) unsafe fn weighted<const H: usize>(_: &[[f32; DECODE_CHUNK]; HEADS], _: &[*const f16], _: usize, _: &mut [f32]) {
+    pub(super) unsafe fn weighted<const H: usize>(
+        _: &[[f32; DECODE_CHUNK]; HEADS],
+        _: &[*const f16],
+        _: usize,
+        _: &mut [f32],
+        _: Ahead<'_>,
+    ) {
         unreachable!("AVX-512 decoding kernels on a build without AVX2")
     }
 }
@@ -747,7 +770,7 @@ mod narrow {
     }
 }
 
-/// aiaas patch (item 23): rows for a decoding kernel to request from memory while it computes
+/// aiaas patch (items 23, 25): rows for a decoding kernel to request from memory while it computes
 /// (`rows[j]` at its `j`-th key row or position), `bytes` bytes each: the next rows its task
 /// reads, so that they arrive meanwhile rather than all being waited for when it starts on them.
 #[derive(Clone, Copy)]
@@ -1532,9 +1555,9 @@ impl Direct {
         ahead: Ahead<'_>,
     ) {
         match (self, hs) {
-            (Self::Wide, 1) => wide::scores::<1>(q, d, rows, out),
-            (Self::Wide, 2) => wide::scores::<2>(q, d, rows, out),
-            (Self::Wide, _) => wide::scores::<3>(q, d, rows, out),
+            (Self::Wide, 1) => wide::scores::<1>(q, d, rows, out, ahead),
+            (Self::Wide, 2) => wide::scores::<2>(q, d, rows, out, ahead),
+            (Self::Wide, _) => wide::scores::<3>(q, d, rows, out, ahead),
             (Self::Narrow, 1) => narrow::scores::<1>(q, d, rows, out, ahead),
             (Self::Narrow, 2) => narrow::scores::<2>(q, d, rows, out, ahead),
             (Self::Narrow, _) => narrow::scores::<3>(q, d, rows, out, ahead),
@@ -1555,9 +1578,9 @@ impl Direct {
         ahead: Ahead<'_>,
     ) {
         match (self, hs) {
-            (Self::Wide, 1) => wide::weighted::<1>(p, rows, dv, acc),
-            (Self::Wide, 2) => wide::weighted::<2>(p, rows, dv, acc),
-            (Self::Wide, _) => wide::weighted::<3>(p, rows, dv, acc),
+            (Self::Wide, 1) => wide::weighted::<1>(p, rows, dv, acc, ahead),
+            (Self::Wide, 2) => wide::weighted::<2>(p, rows, dv, acc, ahead),
+            (Self::Wide, _) => wide::weighted::<3>(p, rows, dv, acc, ahead),
             (Self::Narrow, 1) => narrow::weighted::<1>(p, rows, dv, acc, ahead),
             (Self::Narrow, 2) => narrow::weighted::<2>(p, rows, dv, acc, ahead),
             (Self::Narrow, _) => narrow::weighted::<3>(p, rows, dv, acc, ahead),
@@ -1619,12 +1642,12 @@ impl DecodeStep<'_> {
         debug_assert!(n == 0 || (krows[n - 1] == kn.cast() && vrows[n - 1] == vn.cast()));
         // All the chunk's rows are requested at once, keys first, so that many are in flight
         // before the first is read (the hardware prefetcher ramps up too slowly on streams this
-        // short). The 256-bit kernel requests its values while it scores the keys instead
-        // (item 23, below).
+        // short). The direct kernels request their values while they score the keys instead
+        // (items 23 and 24, below).
         let size = std::mem::size_of::<T>();
         if self.prefetch {
             prefetch(krows[..n].iter().map(|&r| r.cast()), size * d);
-            if self.direct != Some(Direct::Narrow) {
+            if self.direct.is_none() {
                 prefetch(vrows[..n].iter().map(|&r| r.cast()), size * dv);
             }
         }
@@ -1664,11 +1687,11 @@ impl DecodeStep<'_> {
             (m, crate::simd::exp_sub_sum(scores, m))
         };
         if let Some(direct) = self.direct {
-            // Item 23: the 256-bit kernel requests the chunk's value rows a few at a time while
-            // it scores the keys, and the next chunk's key rows while it weights the values, so
-            // that they arrive while it computes (requested all at once, the requests stall the
-            // core until most have arrived, and nothing overlaps them).
-            let rolling = self.prefetch && direct == Direct::Narrow;
+            // Items 23 and 24: the direct kernels request the chunk's value rows a few at a time
+            // while they score the keys, and the next chunk's key rows while they weight the
+            // values, so that they arrive while they compute (requested all at once, the
+            // requests stall the core until most have arrived, and nothing overlaps them).
+            let rolling = self.prefetch;
             for hg0 in (0..group).step_by(wide::HEADS) {
                 let hs = (group - hg0).min(wide::HEADS);
                 let h0 = g * group + hg0;
