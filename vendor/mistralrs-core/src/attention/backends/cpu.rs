@@ -434,7 +434,7 @@ mod wide {
     /// converted once for the `H` heads, every (head, row) pair has its own accumulator (lane
     /// `c mod 16`), and the eight rows of a head are summed together as `lanes::sum8` does.
     /// A last block of fewer than eight rows repeats its first row and drops those results.
-    /// Each block of eight rows requests the same eight of `ahead` from memory (item 24).
+    /// Each block of eight rows requests the same eight of `ahead` from memory (item 25).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F; every `rows[j]` must point to `d` readable halves, `d` a
@@ -485,7 +485,7 @@ mod wide {
     /// halves each), positions in order: each lane one fused multiply-add per position (as
     /// `lanes::weighted_sum`), zero weights skipped per head; each value row converted once
     /// for the `H` heads, 64 columns per pass. The first pass requests `ahead`'s row `j` from
-    /// memory at position `j` (item 24).
+    /// memory at position `j` (item 25).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F; every `rows[j]` must point to `dv` readable halves, `dv` a
@@ -1643,7 +1643,7 @@ impl DecodeStep<'_> {
         // All the chunk's rows are requested at once, keys first, so that many are in flight
         // before the first is read (the hardware prefetcher ramps up too slowly on streams this
         // short). The direct kernels request their values while they score the keys instead
-        // (items 23 and 24, below).
+        // (items 23 and 25, below).
         let size = std::mem::size_of::<T>();
         if self.prefetch {
             prefetch(krows[..n].iter().map(|&r| r.cast()), size * d);
@@ -1687,7 +1687,7 @@ impl DecodeStep<'_> {
             (m, crate::simd::exp_sub_sum(scores, m))
         };
         if let Some(direct) = self.direct {
-            // Items 23 and 24: the direct kernels request the chunk's value rows a few at a time
+            // Items 23 and 25: the direct kernels request the chunk's value rows a few at a time
             // while they score the keys, and the next chunk's key rows while they weight the
             // values, so that they arrive while they compute (requested all at once, the
             // requests stall the core until most have arrived, and nothing overlaps them).
