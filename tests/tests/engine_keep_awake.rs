@@ -1,7 +1,8 @@
-//! The engine pool's keep-awake jobs (vendored mistral.rs patch item 10,
-//! `vendor/mistralrs-core/AIAAS-PATCH.md`): they start while two or more sequences run, and
-//! they all end once the engine has nothing left to do, so an idle server does not keep a core
-//! spinning. A test binary of its own: the jobs' counters are process-wide.
+//! The engine pool's keep-awake jobs (vendored mistral.rs patch items 10 and 26,
+//! `vendor/mistralrs-core/AIAAS-PATCH.md`): they start while `keep_awake::from()` sequences or
+//! more run (one by default), and they all end once the engine has nothing left to do, so an
+//! idle server does not keep a core spinning. A test binary of its own: the jobs' counters and
+//! the threshold are process-wide.
 
 use std::time::{Duration, Instant};
 
@@ -39,12 +40,46 @@ async fn keep_awake_jobs_run_with_sequences_and_end_when_idle() {
         started > started_before,
         "no keep-awake job started while sequences ran"
     );
-    // Idle now: every job ends (the engine marks itself idle on its next loop).
+    // Idle now: every job ends.
+    wait_until_idle().await;
+    // One sequence alone starts them by default (item 26)...
+    assert_eq!(keep_awake::from(), 1, "the default threshold");
+    engine
+        .generate(request("alone"))
+        .await
+        .expect("generation alone");
+    let (_, after_one) = keep_awake::state();
+    assert!(after_one > started, "no job started for one sequence");
+    wait_until_idle().await;
+    // ...but not with the threshold at two (item 10's), where two again do.
+    keep_awake::set_from(2);
+    engine
+        .generate(request("alone again"))
+        .await
+        .expect("generation alone");
+    let (_, after_second_one) = keep_awake::state();
+    assert_eq!(
+        after_second_one, after_one,
+        "a job started for one sequence with the threshold at two"
+    );
+    let again =
+        futures::future::join_all(["again", "and again"].map(|p| engine.generate(request(p))))
+            .await;
+    assert!(again.iter().all(Result::is_ok), "generations after idle");
+    assert!(
+        keep_awake::state().1 > after_second_one,
+        "no job started for two later requests"
+    );
+    wait_until_idle().await;
+}
+
+/// Every job ends once the engine is idle (it marks itself so on its next loop).
+async fn wait_until_idle() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (spinning, _) = keep_awake::state();
         if spinning == 0 {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -52,19 +87,4 @@ async fn keep_awake_jobs_run_with_sequences_and_end_when_idle() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // One sequence alone starts none; two again do.
-    engine
-        .generate(request("alone"))
-        .await
-        .expect("generation alone");
-    let (_, after_one) = keep_awake::state();
-    assert_eq!(after_one, started, "a job started for one sequence");
-    let again =
-        futures::future::join_all(["again", "and again"].map(|p| engine.generate(request(p))))
-            .await;
-    assert!(again.iter().all(Result::is_ok), "generations after idle");
-    assert!(
-        keep_awake::state().1 > started,
-        "no job started for two later requests"
-    );
 }

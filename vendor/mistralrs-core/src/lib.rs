@@ -1856,10 +1856,10 @@ impl MistralRs {
 /// scheduler, sampling) are often longer: the next operation then waits for a futex wake-up and
 /// a context switch, hundreds of times per step (`perf sched`: ~0.2 ms average wake-up delay of
 /// the two engine threads at concurrency 8; the scheduler's functions ~11% of a
-/// concurrency-8 profile). While `busy` (two or more sequences), a job on each other worker
-/// takes work as rayon offers it (`rayon::yield_now`) and otherwise yields the core to the OS,
-/// without ever sleeping; it ends when the engine has fewer sequences (`idle`).
-/// `AIAAS_KEEP_AWAKE=off` turns it off.
+/// concurrency-8 profile). While `busy` (as many sequences waiting or running as `from()`, one
+/// unless set; item 26), a job on each other worker takes work as rayon offers it
+/// (`rayon::yield_now`) and otherwise yields the core to the OS, without ever sleeping; it ends
+/// when the engine has fewer sequences (`idle`). `AIAAS_KEEP_AWAKE=off` turns it off.
 pub mod keep_awake {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::LazyLock;
@@ -1869,9 +1869,46 @@ pub mod keep_awake {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     static ENABLED: LazyLock<bool> =
         LazyLock::new(|| !std::env::var("AIAAS_KEEP_AWAKE").is_ok_and(|v| v == "off"));
+    /// `from()` as set, or 0 before it is read.
+    static FROM: AtomicUsize = AtomicUsize::new(0);
 
-    /// Two or more sequences: from the engine thread (worker 0 of its pool), before a step.
-    pub(crate) fn busy() {
+    /// aiaas patch (item 26): how many sequences (waiting or running) keep the workers awake:
+    /// `AIAAS_KEEP_AWAKE_FROM` (a whole number from 1), else 1, unless `set_from` was called.
+    /// Item 10 started at two; on a host whose idle vCPUs are slow to wake, one stream decoded
+    /// ~20% faster from one (`vendor/mistralrs-core/AIAAS-PATCH.md`).
+    pub fn from() -> usize {
+        match FROM.load(Ordering::Relaxed) {
+            0 => {
+                let from = std::env::var("AIAAS_KEEP_AWAKE_FROM")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .filter(|&n| n >= 1)
+                    .unwrap_or(1);
+                FROM.store(from, Ordering::Relaxed);
+                from
+            }
+            from => from,
+        }
+    }
+
+    /// aiaas patch (item 26): sets `from()` for the whole process (for tests and side-by-side
+    /// measurements); 0 counts as 1.
+    pub fn set_from(sequences: usize) {
+        FROM.store(sequences.max(1), Ordering::Relaxed);
+    }
+
+    /// Before each step, from the engine loop: `busy` with `from()` sequences or more waiting or
+    /// running, else `idle`.
+    pub(crate) fn step(sequences: usize) {
+        if sequences >= from() {
+            busy();
+        } else {
+            idle();
+        }
+    }
+
+    /// `from()` sequences or more: from the engine thread (worker 0 of its pool), before a step.
+    fn busy() {
         if !*ENABLED || rayon::current_thread_index() != Some(0) {
             return;
         }
@@ -1885,8 +1922,8 @@ pub mod keep_awake {
         }
     }
 
-    /// One sequence or none: the spinners end (and the workers may sleep again).
-    pub(crate) fn idle() {
+    /// Fewer than `from()` sequences: the spinners end (and the workers may sleep again).
+    fn idle() {
         BUSY.store(false, Ordering::Release);
     }
 

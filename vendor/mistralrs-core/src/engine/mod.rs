@@ -327,13 +327,9 @@ impl Engine {
                 (scheduler.waiting_len(), scheduler.running_len())
             };
             let scheduler_idle = waiting_len == 0 && running_len == 0;
-            // aiaas patch: the engine pool's workers stay awake while two or more sequences
-            // are waiting or running (one stream measured no gain).
-            if waiting_len + running_len >= 2 {
-                crate::keep_awake::busy();
-            } else {
-                crate::keep_awake::idle();
-            }
+            // aiaas patch: the engine pool's workers stay awake while `keep_awake::from()`
+            // sequences or more are waiting or running (items 10 and 26).
+            crate::keep_awake::step(waiting_len + running_len);
 
             if scheduler_idle {
                 if should_terminate() {
