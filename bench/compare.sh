@@ -6,8 +6,9 @@
 #   llama.cpp    llama.cpp through PyPI's `llama-cpp-python[server]` (AVX2 build)
 #   aiaas-pool-off   (only when named in SERVERS) aiaas-bare with AIAAS_ENGINE_POOL=off: the engine
 #                thread outside any rayon pool, as upstream mistral.rs has it (vendor/mistralrs-core)
-# All four servers run at once (idle ones sleep); each repetition runs every server through every
-# concurrency level in turn, so slow drift of the machine spreads over all of them. A STREAM-like
+# All four servers run at once (idle ones sleep), started afresh for each repetition; each
+# repetition runs every server through every concurrency level in turn, starting from the next
+# server each time, so slow drift of the machine spreads over all of them. A STREAM-like
 # bandwidth probe runs before and after. Results: $OUT/table.md, $OUT/chart.svg, $OUT/raw.jsonl.
 #
 #   bench/install-peers.sh           # once: builds the two peers into ~/.cache/aiaas/peers
@@ -64,90 +65,110 @@ trap cleanup EXIT
 RAW=$OUT/raw.jsonl
 : >"$RAW"
 
-start_aiaas() { # label port [env...]
+start_aiaas() { # label port [env...]: into $RUN, this repetition's folder
   local label=$1 port=$2; shift 2
   local models=(--model bench="$MODEL")
   [ -d "$EMBEDDER" ] && models+=(--model minilm="$EMBEDDER")
-  mkdir -p "$WORK/$label"
-  env AIAAS__LEDGER__JOURNAL_DIR="$WORK/$label/journal" "$@" "$WORK/aiaas-opt" serve \
-    --bind 127.0.0.1:"$port" "${models[@]}" --database-url "sqlite://$WORK/$label/aiaas.db" \
-    >"$OUT/$label.out" 2>"$OUT/$label.log" &
+  mkdir -p "$RUN/$label"
+  env AIAAS__LEDGER__JOURNAL_DIR="$RUN/$label/journal" "$@" "$WORK/aiaas-opt" serve \
+    --bind 127.0.0.1:"$port" "${models[@]}" --database-url "sqlite://$RUN/$label/aiaas.db" \
+    >"$RUN/$label.out" 2>>"$OUT/$label.log" &
   PID[$label]=$!
   URL[$label]=http://127.0.0.1:$port/v1
   MODEL_ID[$label]=bench
   wait_ready "http://127.0.0.1:$port/ready"
-  KEY[$label]=$(grep -m1 '^sk-aiaas-' "$OUT/$label.out" || echo unused)
+  KEY[$label]=$(grep -m1 '^sk-aiaas-' "$RUN/$label.out" || echo unused)
 }
 
-if has aiaas; then
-  start_aiaas aiaas 18181
-  # Limits that never refuse here but are checked on every request (the token limit makes
-  # admission count the prompt's tokens).
-  "$WORK/aiaas-opt" tenant set-limits default --rpm 1000000 --tpm 1000000000 \
-    --database-url "sqlite://$WORK/aiaas/aiaas.db" >/dev/null
-  sleep 1
+if has mistralrs-server && [ ! -x "$PEERS/bin/mistralrs" ]; then
+  echo "no $PEERS/bin/mistralrs: run bench/install-peers.sh" >&2; exit 1
 fi
-if has aiaas-bare; then
-  start_aiaas aiaas-bare 18182 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false
+if has llama.cpp && [ ! -x "$PEERS/llama-venv/bin/python" ]; then
+  echo "no llama.cpp peer: run bench/install-peers.sh" >&2; exit 1
 fi
-if has aiaas-pool-off; then
-  start_aiaas aiaas-pool-off 18185 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false \
-    AIAAS_ENGINE_POOL=off
-fi
-if has mistralrs-server; then
-  [ -x "$PEERS/bin/mistralrs" ] || { echo "no $PEERS/bin/mistralrs: run bench/install-peers.sh" >&2; exit 1; }
-  # aiaas's engine settings: CPU, 16 running sequences, no prefix cache.
-  "$PEERS/bin/mistralrs" --token-source none serve --host 127.0.0.1 --port 18183 --cpu --max-seqs 16 \
-    --prefix-cache-n 0 --format gguf -m "$(dirname "$MODEL")" -f "$(basename "$MODEL")" \
-    >"$OUT/mistralrs-server.log" 2>&1 &
-  PID[mistralrs-server]=$!
-  URL[mistralrs-server]=http://127.0.0.1:18183/v1
-  MODEL_ID[mistralrs-server]=default
-  wait_ready http://127.0.0.1:18183/v1/models
-fi
-if has llama.cpp; then
-  [ -x "$PEERS/llama-venv/bin/python" ] || { echo "no llama.cpp peer: run bench/install-peers.sh" >&2; exit 1; }
-  # Its chat template comes from the GGUF file, as for the others. It runs one request at a
-  # time; by default a new request interrupts the running stream (the client sees the
-  # connection drop), so requests must queue instead.
-  "$PEERS/llama-venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias bench \
-    --host 127.0.0.1 --port 18184 --n_threads "$THREADS" --n_threads_batch "$THREADS" --n_ctx 4096 \
-    --interrupt_requests false \
-    >"$OUT/llama.cpp.log" 2>&1 &
-  PID[llama.cpp]=$!
-  URL[llama.cpp]=http://127.0.0.1:18184/v1
-  MODEL_ID[llama.cpp]=bench
-  wait_ready http://127.0.0.1:18184/v1/models
-fi
+
+start_server() { # name
+  case $1 in
+    aiaas)
+      start_aiaas aiaas 18181
+      # Limits that never refuse here but are checked on every request (the token limit makes
+      # admission count the prompt's tokens).
+      "$WORK/aiaas-opt" tenant set-limits default --rpm 1000000 --tpm 1000000000 \
+        --database-url "sqlite://$RUN/aiaas/aiaas.db" >/dev/null
+      sleep 1
+      ;;
+    aiaas-bare)
+      start_aiaas aiaas-bare 18182 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false
+      ;;
+    aiaas-pool-off)
+      start_aiaas aiaas-pool-off 18185 AIAAS__AUTH__ENABLED=false AIAAS__LEDGER__ENABLED=false \
+        AIAAS_ENGINE_POOL=off
+      ;;
+    mistralrs-server)
+      # aiaas's engine settings: CPU, 16 running sequences, no prefix cache.
+      "$PEERS/bin/mistralrs" --token-source none serve --host 127.0.0.1 --port 18183 --cpu \
+        --max-seqs 16 --prefix-cache-n 0 --format gguf -m "$(dirname "$MODEL")" \
+        -f "$(basename "$MODEL")" >>"$OUT/mistralrs-server.log" 2>&1 &
+      PID[mistralrs-server]=$!
+      URL[mistralrs-server]=http://127.0.0.1:18183/v1
+      MODEL_ID[mistralrs-server]=default
+      wait_ready http://127.0.0.1:18183/v1/models
+      ;;
+    llama.cpp)
+      # Its chat template comes from the GGUF file, as for the others. It runs one request at a
+      # time; by default a new request interrupts the running stream (the client sees the
+      # connection drop), so requests must queue instead.
+      "$PEERS/llama-venv/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias bench \
+        --host 127.0.0.1 --port 18184 --n_threads "$THREADS" --n_threads_batch "$THREADS" \
+        --n_ctx 4096 --interrupt_requests false >>"$OUT/llama.cpp.log" 2>&1 &
+      PID[llama.cpp]=$!
+      URL[llama.cpp]=http://127.0.0.1:18184/v1
+      MODEL_ID[llama.cpp]=bench
+      wait_ready http://127.0.0.1:18184/v1/models
+      ;;
+  esac
+}
 
 probe() { "$BIN/aiaas-bandwidth" --threads 1,"$THREADS" --mib 1024 --passes 5 \
   --model-bytes "$(stat -c %s "$MODEL")" --json >>"$RAW"; }
 
 ORDER=()
 IFS=, read -ra WANTED <<<"$SERVERS"
-for s in "${WANTED[@]}"; do [ -n "${PID[$s]:-}" ] && ORDER+=("$s"); done
-echo "servers: ${ORDER[*]}; idle CPU%: $(ps -o %cpu= -p "$(IFS=,; echo "${PID[*]}")" | tr -s ' \n' ' ')"
+for s in "${WANTED[@]}"; do
+  case $s in aiaas | aiaas-bare | aiaas-pool-off | mistralrs-server | llama.cpp) ORDER+=("$s") ;; esac
+done
 
 probe
 for rep in $(seq 1 "$REPS"); do
-  # The order rotates with the repetition, so no server always runs first (or right after
-  # another's heaviest level).
+  # Fresh servers every repetition, started and then run in an order that rotates with the
+  # repetition: what a process happens to get (where its pages lie; the first one started was
+  # measured up to ~10% slower at one stream than a second copy of itself) and which server
+  # runs first (or right after another's heaviest level) spread over all of them.
+  RUN=$WORK/rep$rep
+  mkdir -p "$RUN"
   n=${#ORDER[@]}
+  for i in $(seq 0 $((n - 1))); do start_server "${ORDER[$(((i + rep - 1) % n))]}"; done
+  [ "$rep" = 1 ] &&
+    echo "servers: ${ORDER[*]}; CPU% while starting: $(ps -o %cpu= -p "$(IFS=,; echo "${PID[*]}")" | tr -s ' \n' ' ')"
   for i in $(seq 0 $((n - 1))); do
     s=${ORDER[$(((i + rep - 1) % n))]}
-    warmup=1; [ "$rep" = 1 ] && warmup=2
     echo "rep $rep: $s"
     "$BIN/aiaas-load" --url "${URL[$s]}" --model "${MODEL_ID[$s]}" --api-key "${KEY[$s]:-unused}" \
       --label "$s" --rep "$rep" --concurrency "$CONCURRENCY" --requests "$MIN_REQUESTS" \
-      --max-tokens "$MAX_TOKENS" --prompt-words "$PROMPT_WORDS" --stagger-ms "$STAGGER_MS" --warmup "$warmup" --json \
+      --max-tokens "$MAX_TOKENS" --prompt-words "$PROMPT_WORDS" --stagger-ms "$STAGGER_MS" --warmup 2 --json \
       2>>"$RAW" | tail -n +3
   done
+  if [ "$rep" = "$REPS" ]; then
+    # Resident memory of the last repetition's servers, each after every level.
+    for s in "${ORDER[@]}"; do
+      awk -v s="$s" '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} END {printf "{\"rss\":\"%s\",\"rss_kib\":%d,\"hwm_kib\":%d}\n", s, r, h}' \
+        "/proc/${PID[$s]}/status" >>"$RAW"
+    done
+  fi
+  cleanup
+  PID=()
 done
 probe
-for s in "${ORDER[@]}"; do
-  awk -v s="$s" '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} END {printf "{\"rss\":\"%s\",\"rss_kib\":%d,\"hwm_kib\":%d}\n", s, r, h}' \
-    "/proc/${PID[$s]}/status" >>"$RAW"
-done
 
 {
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
