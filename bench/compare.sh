@@ -141,9 +141,9 @@ done
 probe
 for rep in $(seq 1 "$REPS"); do
   # Fresh servers every repetition, started and then run in an order that rotates with the
-  # repetition: what a process happens to get (where its pages lie; the first one started was
-  # measured up to ~10% slower at one stream than a second copy of itself) and which server
-  # runs first (or right after another's heaviest level) spread over all of them.
+  # repetition: what a process happens to get (where its pages lie; of two servers of the same
+  # configuration, the one started first was measured up to ~10% slower at one stream) and
+  # which server runs first (or right after another's heaviest level) spread over all of them.
   RUN=$WORK/rep$rep
   mkdir -p "$RUN"
   n=${#ORDER[@]}
