@@ -5,12 +5,8 @@ use aiaas_server::{commands, Application};
 use clap::Parser;
 use secrecy::ExposeSecret;
 
-#[global_allocator]
-static ALLOCATOR: aiaas_alloc::Allocator = aiaas_alloc::Allocator;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    aiaas_alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
