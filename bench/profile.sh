@@ -5,8 +5,11 @@
 #   bench/profile.sh                  # one stream; CONCURRENCY=8 bench/profile.sh for a batch
 #   MAX_TOKENS=1 REQUESTS=60 bench/profile.sh   # prompts only (prefill: ~133-token prompts)
 #
-# Writes $OUT/profile-c$CONCURRENCY.txt (perf report, flat, by symbol) and keeps perf.data there
-# (with MAX_TOKENS=1: profile-prefill.txt, perf-prefill.data).
+# Writes $OUT/profile-c$CONCURRENCY.txt (perf report of the server's threads, flat, by symbol),
+# $OUT/threads-c$CONCURRENCY.txt (each busy thread's own top symbols, as shares of that thread's
+# samples) and keeps perf.data there (with MAX_TOKENS=1: profile-prefill.txt, threads-prefill.txt,
+# perf-prefill.data). The recording is system-wide (`perf record -a`), then filtered to the
+# server's process: on KVM guests `perf record -p` was seen to put samples on the wrong threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${AIAAS_CACHE:-$HOME/.cache/aiaas}
@@ -37,7 +40,20 @@ for _ in $(seq 1 600); do curl -sf http://127.0.0.1:18195/ready >/dev/null 2>&1 
   --requests "$REQUESTS" --max-tokens "$MAX_TOKENS" --prompt-words 86 --warmup 1 >/dev/null &
 LOAD=$!
 sleep 8
-perf record -F 499 -g -p "$PID" -o "$OUT/perf-$NAME.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+perf record -F 499 -g -a -o "$OUT/perf-$NAME.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
 kill "$LOAD" 2>/dev/null || true
-perf report -i "$OUT/perf-$NAME.data" --no-children --sort symbol --stdio 2>/dev/null |
-  grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-$NAME.txt"
+perf report -i "$OUT/perf-$NAME.data" --pid "$PID" --no-children --sort symbol --stdio 2>/dev/null |
+  grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-$NAME.txt" || true
+# Per thread: each sample's thread and leaf symbol (the first frame of its call chain), for the
+# server's threads; threads with at least 5% of the server's samples, 15 symbols each.
+TIDS=$(ls /proc/"$PID"/task | paste -sd,)
+perf script -i "$OUT/perf-$NAME.data" --tid "$TIDS" -F tid,ip,sym 2>/dev/null |
+  awk 'NF == 1 && $1 ~ /^[0-9]+$/ { tid = $1; leaf = 1; next }
+       leaf && NF >= 2 { $1 = ""; sub(/^ +/, ""); print tid "\t" $0; leaf = 0 }' >"$WORK/leaves"
+TOTAL=$(wc -l <"$WORK/leaves")
+cut -f1 "$WORK/leaves" | sort | uniq -c | sort -rn | while read -r n tid; do
+  [ $((n * 20)) -ge "$TOTAL" ] || continue
+  echo "thread $tid ($(cat /proc/"$PID"/task/"$tid"/comm 2>/dev/null)): $((100 * n / TOTAL))% of the server's samples"
+  awk -F'\t' -v t="$tid" '$1 == t { print $2 }' "$WORK/leaves" | sort | uniq -c | sort -rn |
+    head -15 | awk -v n="$n" '{ c = $1; $1 = ""; printf "  %5.1f%% %s\n", 100 * c / n, $0 }'
+done | tee "$OUT/threads-$NAME.txt"
