@@ -42,7 +42,8 @@ LOAD=$!
 sleep 8
 perf record -F 499 -g -a -o "$OUT/perf-$NAME.data" -- sleep "$SECONDS_RECORDED" 2>/dev/null
 kill "$LOAD" 2>/dev/null || true
-perf report -i "$OUT/perf-$NAME.data" --pid "$PID" --no-children --sort symbol --stdio 2>/dev/null |
+perf report -i "$OUT/perf-$NAME.data" --pid "$PID" --percentage relative --no-children \
+  --sort symbol --stdio 2>/dev/null |
   grep -E '^ +[0-9]+\.[0-9]+%' | head -40 | tee "$OUT/profile-$NAME.txt" || true
 # Per thread: each sample's thread and leaf symbol (the first frame of its call chain), for the
 # server's threads; threads with at least 5% of the server's samples, 15 symbols each.
