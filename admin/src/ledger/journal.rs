@@ -18,6 +18,9 @@ pub(super) struct Journal {
     path: PathBuf,
     checkpoint_path: PathBuf,
     file: Mutex<Tail>,
+    /// The same file through a second descriptor, for `sync`: an fsync through it flushes what
+    /// was appended through `file`, without holding the appenders' lock while the disk works.
+    durable: File,
     base: AtomicU64,
     opened_at: u64,
     _lock: File,
@@ -77,10 +80,12 @@ impl Journal {
                 "ledger: the journal holds events not yet in the database; writing them now"
             );
         }
+        let durable = file.try_clone()?;
         Ok(Journal {
             path,
             checkpoint_path,
             file: Mutex::new(Tail { file, len }),
+            durable,
             base: AtomicU64::new(0),
             opened_at: checkpoint,
             _lock: lock_file,
@@ -144,9 +149,10 @@ impl Journal {
         Ok((events, offset))
     }
 
-    /// Make what was appended so far durable on disk (not only in the page cache).
+    /// Make what was appended so far durable on disk (not only in the page cache). Requests
+    /// that finish meanwhile append without waiting for it.
     pub fn sync(&self) -> std::io::Result<()> {
-        lock(&self.file).file.sync_data()
+        self.durable.sync_data()
     }
 
     /// Record that the database has everything before file offset `offset`.

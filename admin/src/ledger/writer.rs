@@ -4,7 +4,7 @@
 //! and daily rollups of every family in `rollups::ROLLUPS`, all in the same transaction.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set};
 use tokio::sync::watch;
 
+use super::journal::Journal;
 use super::rollups::ROLLUPS;
 use super::{Inner, LedgerSettings, UsageEvent};
 use crate::entity::{model_price, usage_event, usage_rollup};
@@ -182,6 +183,19 @@ pub async fn write_batch(
     Ok(written)
 }
 
+/// Runs a journal operation (file reads and writes, fsync) on tokio's blocking threads: a slow
+/// disk then holds up this task only, not a runtime worker and the requests it serves.
+async fn on_disk<T, F>(ledger: &Arc<Inner>, op: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Journal) -> std::io::Result<T> + Send + 'static,
+{
+    let ledger = Arc::clone(ledger);
+    tokio::task::spawn_blocking(move || op(&ledger.journal))
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+}
+
 /// The writer task: runs until the ledger is dropped, then finishes what is journaled.
 pub(super) async fn run(
     inner: Weak<Inner>,
@@ -200,7 +214,8 @@ pub(super) async fn run(
         let Some(ledger) = inner.upgrade() else {
             return;
         };
-        let (events, next) = match ledger.journal.read_from(offset, settings.batch_size.max(1)) {
+        let batch = settings.batch_size.max(1);
+        let (events, next) = match on_disk(&ledger, move |j| j.read_from(offset, batch)).await {
             Ok(read) => read,
             Err(err) => {
                 tracing::error!(error = %err, "ledger: reading the journal failed");
@@ -222,7 +237,8 @@ pub(super) async fn run(
                     Err(err) => tracing::warn!(error = %err, "ledger: pruning raw events failed"),
                 }
             }
-            match ledger.journal.rotate(offset, settings.rotate_bytes) {
+            let limit = settings.rotate_bytes;
+            match on_disk(&ledger, move |j| j.rotate(offset, limit)).await {
                 Ok(true) => offset = 0,
                 Ok(false) => {}
                 Err(err) => tracing::warn!(error = %err, "ledger: rotating the journal failed"),
@@ -231,7 +247,7 @@ pub(super) async fn run(
             let _ = tokio::time::timeout(interval, ledger.wake.notified()).await;
             continue;
         }
-        if let Err(err) = ledger.journal.sync() {
+        if let Err(err) = on_disk(&ledger, |j| j.sync()).await {
             tracing::warn!(error = %err, "ledger: fsync of the journal failed");
         }
         let result = match prices::list_prices(&db).await {
@@ -250,7 +266,7 @@ pub(super) async fn run(
                         "ledger: replayed events were already written"
                     );
                 }
-                if let Err(err) = ledger.journal.commit(next) {
+                if let Err(err) = on_disk(&ledger, move |j| j.commit(next)).await {
                     tracing::warn!(error = %err, "ledger: saving the checkpoint failed");
                 }
                 offset = next;
