@@ -166,22 +166,32 @@ fn input_blocks_are_quantized_as_upstream_does() {
     nan[5] = f32::NAN;
     xs.extend(nan);
     xs.extend(values(32, 11).iter().map(|v| v * 1e30));
-    assert_eq!(xs.len() % 64, 0);
 
+    // Rows of eight blocks or more are quantized eight blocks at a time (candle patch item
+    // 17), the rest one by one: with 0 to 8 ordinary blocks in front, every case above meets
+    // both ways and every lane of an eight-block group.
     let device = Device::Cpu;
-    let rows = xs.len() / 64;
-    let input = Tensor::from_vec(xs.clone(), (rows, 64), &device).unwrap();
-    for (dtype, with_sum) in [(GgmlDType::Q8_0, false), (GgmlDType::Q8_1, true)] {
-        let got = QTensor::quantize(&input, dtype)
-            .unwrap()
-            .data()
-            .unwrap()
-            .to_vec();
-        let expected = reference_q8_blocks(&xs, with_sum);
-        let block = if with_sum { 36 } else { 34 };
-        assert_eq!(got.len(), expected.len(), "{dtype:?}");
-        for (i, (g, e)) in got.chunks(block).zip(expected.chunks(block)).enumerate() {
-            assert_eq!(g, e, "{dtype:?} block {i} of {:?}", &xs[i * 32..][..32]);
+    for shift in 0..=8 {
+        let mut row = values(32 * shift, 12);
+        row.extend(&xs);
+        let input = Tensor::from_vec(row.clone(), (1, row.len()), &device).unwrap();
+        for (dtype, with_sum) in [(GgmlDType::Q8_0, false), (GgmlDType::Q8_1, true)] {
+            let got = QTensor::quantize(&input, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec();
+            let expected = reference_q8_blocks(&row, with_sum);
+            let block = if with_sum { 36 } else { 34 };
+            assert_eq!(got.len(), expected.len(), "{dtype:?}");
+            for (i, (g, e)) in got.chunks(block).zip(expected.chunks(block)).enumerate() {
+                assert_eq!(
+                    g,
+                    e,
+                    "{dtype:?}, {shift} in front, block {i} of {:?}",
+                    &row[i * 32..][..32]
+                );
+            }
         }
     }
 }

@@ -58,6 +58,12 @@ struct Args {
     /// that with AMX where the CPU has it, item 12, as served).
     #[arg(long, default_value = "on", value_delimiter = ',')]
     panels: Vec<String>,
+    /// Time only what every quantized matmul does first, serially: quantizing its input rows
+    /// to 8-bit blocks (Q8_1 for Q4_1 weights, Q8_0 for Q8_0), row by row as the matmul calls
+    /// it, for `--rows` rows of widths 224 (seven blocks: one block at a time), 256 (eight:
+    /// eight at a time since candle patch item 17), 576 and 1536 (the demo model's).
+    #[arg(long, conflicts_with_all = ["fused", "output", "prompt"])]
+    quantize: bool,
 }
 
 /// One `--panels` setting: which kernels the products may take.
@@ -139,6 +145,9 @@ fn main() -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if args.quantize {
+        return quantize(args);
+    }
     let device = Device::Cpu;
     let layer_shapes: &[(usize, usize)] = if args.output {
         &OUTPUT_LAYER
@@ -242,6 +251,52 @@ fn run(args: &Args) -> Result<()> {
                 median * 1e6 / rows as f64,
                 (macs_per_row * rows) as f64 / median / 1e9
             );
+        }
+    }
+    Ok(())
+}
+
+/// `--quantize`: ns per 32-value block of the input rows' quantization, median of the runs.
+fn quantize(args: &Args) -> Result<()> {
+    use candle_core::quantized::k_quants::{BlockQ8_0, BlockQ8_1, GgmlType};
+    fn rows_of<B: GgmlType>(args: &Args, rows: usize, k: usize) -> Result<f64> {
+        let xs = Tensor::rand(-1f32, 1f32, (rows, k), &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let blocks = k / 32;
+        let mut ys = vec![B::zeros(); rows * blocks];
+        let mut pass = || {
+            for (row, out) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(blocks)) {
+                B::from_float(row, out);
+            }
+            std::hint::black_box(&mut ys);
+        };
+        let start = Instant::now();
+        pass();
+        let one = start.elapsed().as_secs_f64().max(1e-7);
+        let per_run = ((args.run_ms as f64 / 1e3 / one) as usize).max(1);
+        let mut times: Vec<f64> = (0..args.runs)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..per_run {
+                    pass();
+                }
+                start.elapsed().as_secs_f64() / per_run as f64
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2] * 1e9 / (rows * blocks) as f64)
+    }
+    println!("| blocks | rows | width | ns per block (median) |");
+    println!("|---|---|---|---|");
+    for &rows in &args.rows {
+        for k in [224, 256, 576, 1536] {
+            let q8_1 = rows_of::<BlockQ8_1>(args, rows, k)?;
+            println!("| Q8_1 | {rows} | {k} | {q8_1:.2} |");
+        }
+        for k in [224, 256, 576] {
+            let q8_0 = rows_of::<BlockQ8_0>(args, rows, k)?;
+            println!("| Q8_0 | {rows} | {k} | {q8_0:.2} |");
         }
     }
     Ok(())

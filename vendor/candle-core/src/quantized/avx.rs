@@ -21,60 +21,197 @@ pub(crate) fn quantize_block_q8(xs: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     // SAFETY: `xs` holds 32 floats (four loads of eight) and `qs` 32 bytes (one store); AVX2
     // is enabled at compile time.
     unsafe {
-        let p = xs.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
-        let sign = _mm256_set1_ps(-0.0);
-        // `maxps` returns its second operand when either is NaN: the running maximum.
-        let mut amax = _mm256_setzero_ps();
-        for x in v {
-            amax = _mm256_max_ps(_mm256_andnot_ps(sign, x), amax);
-        }
+        let v = load_block(xs.as_ptr());
+        let amax = block_abs_max(v);
         let m = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_max_ss(m, _mm_movehdup_ps(m));
         let d = _mm_cvtss_f32(m) / ((1 << 7) - 1) as f32;
         let id = _mm256_set1_ps(if d != 0f32 { 1. / d } else { 0. });
-        let half = _mm256_set1_ps(0.5);
-        let one = _mm256_set1_ps(1.0);
-        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-        let mut ints = [_mm256_setzero_si256(); 4];
-        for (int, x) in ints.iter_mut().zip(v) {
-            let y = _mm256_mul_ps(x, id);
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
-            let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
-            let away = _mm256_or_ps(one, _mm256_and_ps(sign, y));
-            let r = _mm256_add_ps(
-                t,
-                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(dropped, half), away),
-            );
-            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
-            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
-            *int = _mm256_cvttps_epi32(r);
-        }
-        let total = _mm256_add_epi32(
-            _mm256_add_epi32(ints[0], ints[1]),
-            _mm256_add_epi32(ints[2], ints[3]),
-        );
+        let total = round_block(v, id, qs);
         let total = _mm_add_epi32(
             _mm256_extracti128_si256(total, 1),
             _mm256_castsi256_si128(total),
         );
         let total = _mm_add_epi32(total, _mm_unpackhi_epi64(total, total));
         let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b01));
-        // The packs work within 128-bit lanes; the permutation restores the order.
-        let q = _mm256_packs_epi16(
-            _mm256_packs_epi32(ints[0], ints[1]),
-            _mm256_packs_epi32(ints[2], ints[3]),
-        );
-        let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, q);
         (d, _mm_cvtsi128_si32(total))
     }
+}
+
+/// aiaas patch: eight consecutive blocks (`xs`: 256 values) quantized at once: block `b`'s
+/// values into `qs[b]`, and in lane `b` its scale `d` and the sum of its quantized values. The
+/// same bytes and numbers as eight calls of `quantize_block_q8`: the per-block work it does
+/// one block at a time (a horizontal maximum, two scalar divisions, a horizontal sum) is done
+/// here for the eight blocks in one vector each.
+#[inline(always)]
+fn quantize_eight_blocks_q8(xs: &[f32], qs: [&mut [i8; 32]; 8]) -> (__m256, __m256i) {
+    assert_eq!(xs.len(), 256);
+    // SAFETY: `xs` holds 256 floats (eight blocks of four loads), each `qs[b]` 32 bytes (one
+    // store); AVX2 is enabled at compile time.
+    unsafe {
+        let p = xs.as_ptr();
+        let mut amax = [_mm256_setzero_ps(); 8];
+        for (b, a) in amax.iter_mut().enumerate() {
+            *a = block_abs_max(load_block(p.add(32 * b)));
+        }
+        // No lane of `amax` is NaN, so the order of the maxima does not matter.
+        let m = max_of_each(amax);
+        let d = _mm256_div_ps(m, _mm256_set1_ps(((1 << 7) - 1) as f32));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+        let id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0), d), nonzero);
+        let mut ids = [0f32; 8];
+        _mm256_storeu_ps(ids.as_mut_ptr(), id);
+        let mut totals = [_mm256_setzero_si256(); 8];
+        for (b, (q, total)) in qs.into_iter().zip(totals.iter_mut()).enumerate() {
+            *total = round_block(load_block(p.add(32 * b)), _mm256_set1_ps(ids[b]), q);
+        }
+        (d, sum_of_each(totals))
+    }
+}
+
+/// The 32 values of a block.
+#[inline(always)]
+unsafe fn load_block(p: *const f32) -> [__m256; 4] {
+    [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ]
+}
+
+/// Lane by lane, the largest `|x|` of a block's four vectors (NaN skipped: `maxps` returns its
+/// second operand when either is NaN, and the running maximum starts at 0).
+#[inline(always)]
+unsafe fn block_abs_max(v: [__m256; 4]) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut amax = _mm256_setzero_ps();
+    for x in v {
+        amax = _mm256_max_ps(_mm256_andnot_ps(sign, x), amax);
+    }
+    amax
+}
+
+/// A block's values times `id`, rounded half away from zero, NaN to 0, saturated to `i8`, into
+/// `qs`; returns the quantized values summed lane by lane (eight partial sums).
+#[inline(always)]
+unsafe fn round_block(v: [__m256; 4], id: __m256, qs: &mut [i8; 32]) -> __m256i {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let mut ints = [_mm256_setzero_si256(); 4];
+    for (int, x) in ints.iter_mut().zip(v) {
+        let y = _mm256_mul_ps(x, id);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(y, t));
+        let away = _mm256_or_ps(one, _mm256_and_ps(sign, y));
+        let r = _mm256_add_ps(
+            t,
+            _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(dropped, half), away),
+        );
+        let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y));
+        *int = _mm256_cvttps_epi32(r);
+    }
+    // The packs work within 128-bit lanes; the permutation restores the order.
+    let q = _mm256_packs_epi16(
+        _mm256_packs_epi32(ints[0], ints[1]),
+        _mm256_packs_epi32(ints[2], ints[3]),
+    );
+    let q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, q);
+    _mm256_add_epi32(
+        _mm256_add_epi32(ints[0], ints[1]),
+        _mm256_add_epi32(ints[2], ints[3]),
+    )
+}
+
+/// Lane `b`: the largest of `v[b]`'s eight lanes (none NaN).
+#[inline(always)]
+unsafe fn max_of_each(v: [__m256; 8]) -> __m256 {
+    // Two vectors to one: lanes [a0 | a2, b0 | b2, a1 | a3, b1 | b3] per 128-bit half.
+    let pair = |a: __m256, b: __m256| {
+        _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
+    };
+    // Four to one: per half, lane j the maximum of vector j's half.
+    let quad = |x: __m256, y: __m256| {
+        _mm256_max_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    };
+    let low = quad(pair(v[0], v[1]), pair(v[2], v[3]));
+    let high = quad(pair(v[4], v[5]), pair(v[6], v[7]));
+    _mm256_max_ps(
+        _mm256_permute2f128_ps::<0x20>(low, high),
+        _mm256_permute2f128_ps::<0x31>(low, high),
+    )
+}
+
+/// Lane `b`: the sum of `v[b]`'s eight lanes.
+#[inline(always)]
+unsafe fn sum_of_each(v: [__m256i; 8]) -> __m256i {
+    let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(low, high),
+        _mm256_permute2x128_si256::<0x31>(low, high),
+    )
+}
+
+/// aiaas patch: `BlockQ8_1::from_float` for the leading multiple of eight blocks of a row,
+/// eight blocks at a time (`quantize_eight_blocks_q8`); returns how many blocks it wrote. Each
+/// block gets what the one-block loop gives it: `d` as `f16::from_f32(d)` and `s` as
+/// `f16::from_f32(sum as f32) * d` (`half` multiplies in f32 and rounds to f16; F16C rounds to
+/// nearest even, as `half` does with it).
+pub(crate) fn quantize_row_q8_1_x8(xs: &[f32], ys: &mut [BlockQ8_1]) -> usize {
+    let mut done = 0;
+    for (x, group) in xs.chunks_exact(256).zip(ys.chunks_exact_mut(8)) {
+        let group: &mut [BlockQ8_1; 8] = group.try_into().expect("eight blocks");
+        let (d, sums) = quantize_eight_blocks_q8(x, group.each_mut().map(|y| &mut y.qs));
+        // SAFETY: lane-wise arithmetic on registers; AVX2 and F16C are enabled at compile time.
+        let (d, s) = unsafe {
+            let d = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d);
+            let sum = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_cvtepi32_ps(sums));
+            let s = _mm256_mul_ps(_mm256_cvtph_ps(sum), _mm256_cvtph_ps(d));
+            (d, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(s))
+        };
+        let (d, s) = (u16_lanes(d), u16_lanes(s));
+        for (y, (d, s)) in group.iter_mut().zip(d.into_iter().zip(s)) {
+            y.d = f16::from_bits(d);
+            y.s = f16::from_bits(s);
+        }
+        done += 8;
+    }
+    done
+}
+
+/// aiaas patch: `BlockQ8_0::from_float` for the leading multiple of eight blocks of a row, as
+/// `quantize_row_q8_1_x8` (without `s`); returns how many blocks it wrote.
+pub(crate) fn quantize_row_q8_0_x8(xs: &[f32], ys: &mut [BlockQ8_0]) -> usize {
+    let mut done = 0;
+    for (x, group) in xs.chunks_exact(256).zip(ys.chunks_exact_mut(8)) {
+        let group: &mut [BlockQ8_0; 8] = group.try_into().expect("eight blocks");
+        let (d, _) = quantize_eight_blocks_q8(x, group.each_mut().map(|y| &mut y.qs));
+        // SAFETY: as above.
+        let d = u16_lanes(unsafe { _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d) });
+        for (y, d) in group.iter_mut().zip(d) {
+            y.d = f16::from_bits(d);
+        }
+        done += 8;
+    }
+    done
+}
+
+/// The eight 16-bit lanes of `v`.
+#[inline(always)]
+fn u16_lanes(v: __m128i) -> [u16; 8] {
+    let mut lanes = [0u16; 8];
+    // SAFETY: one 16-byte store into `lanes`.
+    unsafe { _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, v) };
+    lanes
 }
 
 #[inline(always)]
