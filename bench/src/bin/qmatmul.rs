@@ -228,23 +228,8 @@ fn run(args: &Args) -> Result<()> {
                 }
                 Ok(())
             };
-            // Warm up, then size a run to about run_ms.
-            let start = Instant::now();
-            layer()?;
-            let one = start.elapsed().as_secs_f64().max(1e-6);
-            let per_run = ((args.run_ms as f64 / 1e3 / one) as usize).max(1);
-            let mut times: Vec<f64> = (0..args.runs)
-                .map(|_| {
-                    let start = Instant::now();
-                    for _ in 0..per_run {
-                        layer()?;
-                    }
-                    Ok(start.elapsed().as_secs_f64() / per_run as f64)
-                })
-                .collect::<candle_core::Result<_>>()?;
-            times.sort_by(f64::total_cmp);
             // Per layer.
-            let median = times[times.len() / 2] / mats.len() as f64;
+            let median = median_seconds(args, layer)? / mats.len() as f64;
             println!(
                 "| {name} | {rows} | {input} | {:.3} | {:.1} | {:.1} |",
                 median * 1e3,
@@ -256,6 +241,29 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The median time of one call of `pass` over `--runs` timed runs, after a warm-up call that
+/// sizes each run to about `--run-ms`.
+fn median_seconds(
+    args: &Args,
+    mut pass: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    let start = Instant::now();
+    pass()?;
+    let one = start.elapsed().as_secs_f64().max(1e-7);
+    let per_run = ((args.run_ms as f64 / 1e3 / one) as usize).max(1);
+    let mut times: Vec<f64> = (0..args.runs)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..per_run {
+                pass()?;
+            }
+            Ok(start.elapsed().as_secs_f64() / per_run as f64)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 /// `--quantize`: ns per 32-value block of the input rows' quantization, median of the runs.
 fn quantize(args: &Args) -> Result<()> {
     use candle_core::quantized::k_quants::{BlockQ8_0, BlockQ8_1, GgmlType};
@@ -265,27 +273,14 @@ fn quantize(args: &Args) -> Result<()> {
             .to_vec1::<f32>()?;
         let blocks = k / 32;
         let mut ys = vec![B::zeros(); rows * blocks];
-        let mut pass = || {
+        let pass = || {
             for (row, out) in xs.chunks_exact(k).zip(ys.chunks_exact_mut(blocks)) {
                 B::from_float(row, out);
             }
             std::hint::black_box(&mut ys);
+            Ok(())
         };
-        let start = Instant::now();
-        pass();
-        let one = start.elapsed().as_secs_f64().max(1e-7);
-        let per_run = ((args.run_ms as f64 / 1e3 / one) as usize).max(1);
-        let mut times: Vec<f64> = (0..args.runs)
-            .map(|_| {
-                let start = Instant::now();
-                for _ in 0..per_run {
-                    pass();
-                }
-                start.elapsed().as_secs_f64() / per_run as f64
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2] * 1e9 / (rows * blocks) as f64)
+        Ok(median_seconds(args, pass)? * 1e9 / (rows * blocks) as f64)
     }
     println!("| blocks | rows | width | ns per block (median) |");
     println!("|---|---|---|---|");
